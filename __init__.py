@@ -1,0 +1,13 @@
+"""WAN NVFP4: load, inspect, repair and convert NVFP4 / scaled-FP8 WAN checkpoints in ComfyUI.
+
+Importing this package never imports ComfyUI; ComfyUI calls `comfy_entrypoint` (node API V3).
+"""
+
+__version__ = "0.1.0"
+
+
+async def comfy_entrypoint():
+    """ComfyUI V3 entry point: builds the extension only when ComfyUI asks for it."""
+    from .nodes import comfy_entrypoint as entrypoint
+
+    return await entrypoint()

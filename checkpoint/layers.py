@@ -1,0 +1,120 @@
+"""What one Linear of a checkpoint is: format, conventions, the tensors that hold it, and why we think so."""
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from ..kernels import FP8Weight, NVFP4Weight, WeightFormatError
+from .errors import CheckpointError
+
+# Layer formats (the names `inspect --json` uses).
+NVFP4 = "nvfp4"
+FP8_SCALED = "fp8_scaled"
+FP8 = "fp8"
+FLOAT = "float"
+LAYER_FORMATS = (NVFP4, FP8_SCALED, FP8, FLOAT)
+
+# Tensor roles -> what they are. A LayerSpec maps each role it has to the full key in the file.
+TENSOR_ROLES = {
+    "weight": "the weight (packed uint8 for nvfp4, fp8 or float otherwise)",
+    "bias": "the bias",
+    "block_scale": "nvfp4 per-16 block scales (`weight_scale`)",
+    "global_scale": "nvfp4 second-level scale (`weight_scale_2`)",
+    "input_scale": "activation scale (`input_scale`; unused by weight-only kernels)",
+    "scale": "fp8 weight scale (`weight_scale` or legacy `scale_weight`)",
+    "scale_input": "legacy fp8 activation scale (`scale_input`)",
+    "alpha": "LightX2V `alpha` (= input_scale * weight_scale_2)",
+    "input_global_scale": "LightX2V `input_global_scale` (= 1 / input_scale)",
+    "comfy_quant": "ComfyUI per-layer quantization config (uint8 JSON)",
+    "pre_quant_scale": "AWQ pre-quantization scale",
+}
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One Linear layer of a checkpoint.
+
+    name:  the WAN layer name without any prefix (`blocks.0.self_attn.q`)
+    key:   the key stem in the file (`model.diffusion_model.blocks.0.self_attn.q`)
+    tensors: role -> full key in the file (see TENSOR_ROLES)
+    nibble_order / scale_layout: nvfp4 only; fp8_granularity: `tensor` or `row`, fp8_scaled only
+    evidence: human-readable reason for format and conventions; assumed: True when nothing decided them
+    """
+
+    name: str
+    key: str
+    format: str
+    out_features: int
+    in_features: int
+    weight_dtype: torch.dtype
+    tensors: dict[str, str] = field(default_factory=dict)
+    nibble_order: str | None = None
+    scale_layout: str | None = None
+    fp8_granularity: str | None = None
+    evidence: str = ""
+    assumed: bool = False
+
+    @property
+    def is_quantized(self) -> bool:
+        return self.format != FLOAT
+
+
+TensorGetter = Callable[[str], torch.Tensor]
+
+
+def _lightx2v_global_scale(spec: LayerSpec, get: TensorGetter) -> torch.Tensor:
+    """LightX2V stores no weight_scale_2: it is alpha * input_global_scale."""
+    alpha = get(spec.tensors["alpha"]).float()
+    igs = get(spec.tensors["input_global_scale"]).float()
+    return (alpha * igs).reshape(())
+
+
+def _nvfp4_weight(spec: LayerSpec, get: TensorGetter) -> NVFP4Weight:
+    if "global_scale" in spec.tensors:
+        global_scale = get(spec.tensors["global_scale"]).float().reshape(())
+    elif {"alpha", "input_global_scale"} <= spec.tensors.keys():
+        global_scale = _lightx2v_global_scale(spec, get)
+    else:
+        raise CheckpointError(
+            None, "nvfp4 layer has no second-level scale", spec.key, "weight_scale_2", "nothing"
+        )
+    block_scale = get(spec.tensors["block_scale"])
+    if block_scale.dtype == torch.uint8:
+        block_scale = block_scale.view(torch.float8_e4m3fn)
+    return NVFP4Weight(
+        packed=get(spec.tensors["weight"]),
+        block_scale=block_scale,
+        global_scale=global_scale,
+        out_features=spec.out_features,
+        in_features=spec.in_features,
+        nibble_order=spec.nibble_order,
+        scale_layout=spec.scale_layout,
+    )
+
+
+def _fp8_weight(spec: LayerSpec, get: TensorGetter) -> FP8Weight:
+    scale = get(spec.tensors["scale"]).float() if "scale" in spec.tensors else None
+    return FP8Weight(data=get(spec.tensors["weight"]), scale=scale)
+
+
+def _float_weight(spec: LayerSpec, get: TensorGetter) -> torch.Tensor:
+    return get(spec.tensors["weight"])
+
+
+WEIGHT_BUILDERS = {NVFP4: _nvfp4_weight, FP8_SCALED: _fp8_weight, FP8: _fp8_weight, FLOAT: _float_weight}
+
+
+def build_weight(spec: LayerSpec, get: TensorGetter, path=None):
+    """The kernel-ready weight of `spec` (NVFP4Weight, FP8Weight or a float tensor), validated.
+
+    `get(key)` returns the tensor stored under `key` (a file's lazy reader, or a state dict lookup).
+    Raises CheckpointError naming the file and layer when the tensors do not fit the spec.
+    """
+    try:
+        weight = WEIGHT_BUILDERS[spec.format](spec, get)
+        return weight if isinstance(weight, torch.Tensor) else weight.validate()
+    except WeightFormatError as e:
+        raise CheckpointError(path, f"{spec.format} tensors do not fit ({e})", spec.key) from e
+    except CheckpointError as e:
+        raise CheckpointError(path, e.problem, spec.key, e.expected, e.found, e.hint) from e

@@ -1,0 +1,31 @@
+"""`wan-nvfp4` command line: one module per subcommand, each with `add_arguments(parser)` and `run(args)`."""
+
+import argparse
+import importlib
+import sys
+
+# subcommand -> (module under wan_nvfp4.cli, one-line help)
+COMMANDS = {
+    "inspect": ("inspect_cmd", "report what a checkpoint is, its conventions and problems"),
+    "selftest": ("selftest_cmd", "build tiny WAN checkpoints in every convention and check them end to end"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wan-nvfp4", description="NVFP4 / scaled-FP8 WAN checkpoint tools")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = importlib.import_module(f"{__name__}.{module_name}")
+        cmd = sub.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(cmd)
+        cmd.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args._run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
