@@ -118,3 +118,7 @@ def build_weight(spec: LayerSpec, get: TensorGetter, path=None):
         raise CheckpointError(path, f"{spec.format} tensors do not fit ({e})", spec.key) from e
     except CheckpointError as e:
         raise CheckpointError(path, e.problem, spec.key, e.expected, e.found, e.hint) from e
+    except KeyError as e:  # a getter over a plain dict
+        raise CheckpointError(
+            path, "a tensor of the layer is missing", spec.key, str(e.args[0]), "no such tensor"
+        ) from e

@@ -136,8 +136,11 @@ def read_header(path: str | Path) -> tuple[dict[str, TensorEntry], dict[str, str
     try:
         file_size = path.stat().st_size
         with open(path, "rb") as f:
-            head = f.read(8)
-            _refuse_pickle(path, head)
+            head = f.read(9)
+            if head[8:9] != b"{":  # a JSON header follows: its length bytes may look like a pickle magic
+                _refuse_pickle(path, head)
+            head = head[:8]
+            f.seek(len(head))
             if len(head) < 8:
                 raise CheckpointError(
                     path,

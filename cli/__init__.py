@@ -8,6 +8,8 @@ import sys
 COMMANDS = {
     "inspect": ("inspect_cmd", "report what a checkpoint is, its conventions and problems"),
     "selftest": ("selftest_cmd", "build tiny WAN checkpoints in every convention and check them end to end"),
+    "convert": ("convert_cmd", "quantize a bf16/fp16/fp32 or scaled-FP8 WAN checkpoint to NVFP4 or FP8"),
+    "repair": ("repair_cmd", "rewrite a foreign-convention NVFP4/FP8 file losslessly, ComfyUI-native"),
 }
 
 

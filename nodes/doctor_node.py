@@ -1,0 +1,60 @@
+"""ComfyUI node "WAN NVFP4 Doctor": the inspector's report on a checkpoint, as text shown in the node."""
+
+import folder_paths
+from comfy_api.latest import io, ui
+
+from ..checkpoint import CheckpointError, inspect_checkpoint
+from ..checkpoint.reference_match import compare_with_reference
+from .loader_nodes import CATEGORY, FOLDER, unet_input
+
+NO_REFERENCE = "none"
+
+
+def doctor_report(path: str, reference_path: str | None = None) -> str:
+    """The inspector's text report; with a reference, also which convention the weights really follow."""
+    try:
+        text = inspect_checkpoint(path).to_text()
+    except CheckpointError as e:
+        return f"Cannot read this file: {e}"
+    if reference_path is not None:
+        try:
+            text += "\n\nReference check\n" + compare_with_reference(path, reference_path).to_text()
+        except CheckpointError as e:
+            text += f"\n\nReference check failed: {e}"
+    return text
+
+
+class WanNVFP4Doctor(io.ComfyNode):
+    """Explains a checkpoint: formats, conventions, evidence, problems, what ComfyUI and the pack do."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="WanNVFP4Doctor",
+            display_name="WAN NVFP4 Doctor",
+            category=CATEGORY,
+            description="Inspects a WAN checkpoint without loading it: per-layer formats and conventions "
+            "with their evidence, problems, and what vanilla ComfyUI and this pack will do with it. With a "
+            "reference (the same model in another precision) it decides conventions the file does not state.",
+            inputs=[
+                unet_input(),
+                io.Combo.Input(
+                    "reference_name",
+                    options=[NO_REFERENCE, *folder_paths.get_filename_list(FOLDER)],
+                    default=NO_REFERENCE,
+                    optional=True,
+                    tooltip="the same model in bf16/fp16/fp8, to decide undecidable conventions",
+                ),
+            ],
+            outputs=[io.String.Output("report")],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, unet_name, reference_name=NO_REFERENCE) -> io.NodeOutput:
+        path = folder_paths.get_full_path_or_raise(FOLDER, unet_name)
+        reference = None
+        if reference_name != NO_REFERENCE:
+            reference = folder_paths.get_full_path_or_raise(FOLDER, reference_name)
+        text = doctor_report(path, reference)
+        return io.NodeOutput(text, ui=ui.PreviewText(text))

@@ -1,0 +1,206 @@
+"""The pack's Linear inside ComfyUI's WanModel: quantized weights kept as read, run through `kernels.ops`.
+
+One Linear class is made per load (`make_operations`), bound to that load's `LoadPlan` (file, per-layer specs,
+kernel options, LoRA mode, path log): two models loaded at once never share options. The Linear follows
+ComfyUI's contract for quantized modules (COMFYUI.md §3.6): `<layer>.weight` stays the key with the logical
+shape, weights are `QuantizedTensor`s in our layouts (moved byte-wise by every offload mode), forward goes
+through `cast_bias_weight(..., offloadable=True)` / `uncast_bias_weight`, LoRA weight functions see the
+dequantized float weight, `convert_weight` / `set_weight` serve ComfyUI's merge.
+"""
+
+from dataclasses import dataclass
+
+import comfy.float
+import comfy.ops
+import torch
+import torch.nn.functional as F
+from comfy.ops import cast_bias_weight, run_every_op, uncast_bias_weight
+
+from ..checkpoint.errors import CheckpointError
+from ..checkpoint.layers import LayerSpec, build_weight
+from ..kernels import ops as kernel_ops
+from ..kernels.dispatch import weight_format
+from ..kernels.options import KernelOptions, PathLog
+from .comfy_layouts import is_ours, kernel_weight, quantized_weight, with_orig_dtype
+from .lora import EXACT, ExactLoraPatch, drop_superseded
+
+LORA_PATH = "dequant+lora"  # what the path log records for a forward with LoRA patches
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    """Everything one load decided: the file, each Linear's spec (by layer name), and how to run them."""
+
+    path: str
+    layers: dict[str, LayerSpec]
+    kernel_options: KernelOptions
+    dequant_path: str
+    lora_mode: str
+    path_log: PathLog
+
+
+def _layer_tensors(plan: LoadPlan, spec: LayerSpec, state_dict: dict, prefix: str) -> dict[str, torch.Tensor]:
+    """Pop every tensor of the layer except the bias (left to torch), keyed by its full name in the file."""
+    found = {}
+    for role, key in spec.tensors.items():
+        if role == "bias":
+            continue
+        local = prefix + key[len(spec.key) + 1 :]
+        if local not in state_dict:
+            raise CheckpointError(
+                plan.path, f"tensor `{key}` ({role}) is missing", spec.name, f"`{key}`", "no such tensor"
+            )
+        found[key] = state_dict.pop(local)
+    return found
+
+
+class WanQuantLinear(comfy.ops.manual_cast.Linear):
+    """A Linear whose weight is a float Parameter or one of our QuantizedTensors (decided per layer)."""
+
+    def __init__(self, plan: LoadPlan, in_features, out_features, bias=True, device=None, dtype=None):
+        # no full-size weight allocation here: the file's tensors are assigned at load
+        torch.nn.Module.__init__(self)
+        self.plan = plan
+        self.in_features = in_features
+        self.out_features = out_features
+        self.weight = None
+        self.bias = None
+        if bias:
+            self.bias = torch.nn.Parameter(
+                torch.empty(out_features, device=device, dtype=dtype), requires_grad=False
+            )
+        self.model_dtype = dtype
+        self.layer_name = ""
+        self.wan_nvfp4_lora_mode = plan.lora_mode
+
+    # ---- loading -------------------------------------------------------------------------------------------
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
+        plan = self.plan
+        self.layer_name = prefix[:-1]
+        spec = plan.layers.get(self.layer_name)
+        weight_key = prefix + "weight"
+        if spec is not None and spec.is_quantized:
+            found = _layer_tensors(plan, spec, state_dict, prefix)
+            weight = build_weight(spec, found.__getitem__, path=plan.path)
+            self.weight = torch.nn.Parameter(
+                quantized_weight(weight, self.model_dtype or torch.float32, plan.dequant_path),
+                requires_grad=False,
+            )
+        elif weight_key in state_dict:
+            w = state_dict.pop(weight_key)
+            self.weight = torch.nn.Parameter(w.to(dtype=self.model_dtype or w.dtype), requires_grad=False)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+        if self.weight is not None and weight_key in missing_keys:
+            missing_keys.remove(weight_key)
+
+    def state_dict(self, *args, destination=None, prefix="", keep_vars=False, **kwargs):
+        """The file's tensor names (`weight`, `weight_scale`, ...) and real sizes for ComfyUI's accounting."""
+        sd = destination if destination is not None else {}
+        if self.bias is not None:
+            sd[prefix + "bias"] = self.bias
+        if is_ours(self.weight):
+            sd.update(self.weight.state_dict(prefix + "weight"))
+        elif self.weight is not None:
+            sd[prefix + "weight"] = self.weight
+        return sd
+
+    def _apply(self, fn, recurse=True):
+        """Replace Parameters (QuantizedTensors cannot be swapped in place): `.to()` and compile work."""
+        for key, param in self._parameters.items():
+            if param is None:
+                continue
+            p = fn(param)
+            if not torch.is_inference_mode_enabled() and p.is_inference():
+                p = p.clone()
+            self.register_parameter(key, torch.nn.Parameter(p, requires_grad=False))
+        for key, buf in self._buffers.items():
+            if buf is not None:
+                self._buffers[key] = fn(buf)
+        return self
+
+    # ---- LoRA merge (ModelPatcher.patch_weight_to_device) -------------------------------------------------
+    def convert_weight(self, weight, inplace=False, **kwargs):
+        return weight.dequantize() if is_ours(weight) else weight
+
+    def set_weight(self, weight, inplace_update=False, seed=None, return_weight=False, **kwargs):
+        current = self.weight
+        if not is_ours(current):
+            merged = comfy.float.stochastic_rounding(weight, current.dtype, seed=seed or 0)
+        elif self.wan_nvfp4_lora_mode == EXACT and not return_weight:
+            # the stored weight stays as read; `lora.install_exact_patches` applies the patch per forward
+            return None
+        else:
+            merged = current.requantize_from_float(weight, scale="recalculate", stochastic_rounding=seed or 0)
+            merged = with_orig_dtype(merged, current.dtype)
+        if return_weight:
+            return merged
+        self.weight = torch.nn.Parameter(merged, requires_grad=False)
+        return None
+
+    # ---- forward -------------------------------------------------------------------------------------------
+    def forward(self, x, *args, **kwargs):
+        run_every_op()
+        if not is_ours(self.weight):
+            self._record("float", "torch")
+            return super().forward(x, *args, **kwargs)
+        if any(isinstance(f, ExactLoraPatch) for f in self.weight_function):
+            self.weight_function = drop_superseded(self.weight_function)
+        lowvram_fn = getattr(self, "weight_lowvram_function", None)
+        own_lowvram = lowvram_fn is not None and self.wan_nvfp4_lora_mode == EXACT
+        if own_lowvram:
+            # Dynamic VRAM would requantize the patched weight into its resident copy: apply it here instead.
+            self.weight_lowvram_function = None
+        try:
+            patched = len(self.weight_function) > 0 or own_lowvram
+            weight, bias, stream = cast_bias_weight(
+                self,
+                None,
+                dtype=x.dtype if patched else self.weight.dtype,
+                device=x.device,
+                bias_dtype=x.dtype,
+                offloadable=True,
+                compute_dtype=x.dtype,
+            )
+        finally:
+            if own_lowvram:
+                self.weight_lowvram_function = lowvram_fn
+        w = weight
+        if own_lowvram:
+            w = with_orig_dtype(w, x.dtype).dequantize() if is_ours(w) else w.to(x.dtype)
+            w = lowvram_fn(w)
+        if is_ours(w):
+            y = self._kernel_linear(x, w, bias)
+        else:
+            self._record(weight_format(kernel_weight(self.weight)), LORA_PATH)
+            y = F.linear(x, w.to(x.dtype), bias)
+        uncast_bias_weight(self, weight, bias, stream)
+        return y
+
+    def _kernel_linear(self, x, qt, bias):
+        plan = self.plan
+        kw = kernel_weight(qt)
+        path = kernel_ops.resolve_path(x, kw, options=plan.kernel_options)
+        self._record(weight_format(kw), path)
+        return kernel_ops.linear(x, kw, bias, path, options=plan.kernel_options)
+
+    def _record(self, fmt: str, path: str) -> None:
+        if self.layer_name:
+            self.plan.path_log.record(self.layer_name, fmt, path)
+
+
+def make_operations(plan: LoadPlan):
+    """A fresh ComfyUI operations class for one load (subclass of `comfy.ops.manual_cast`)."""
+
+    class Linear(WanQuantLinear):
+        def __init__(self, *args, **kwargs):
+            super().__init__(plan, *args, **kwargs)
+
+    class WanNVFP4Operations(comfy.ops.manual_cast):
+        pass
+
+    WanNVFP4Operations.Linear = Linear
+    return WanNVFP4Operations

@@ -1,0 +1,129 @@
+"""Load a WAN checkpoint into ComfyUI's own WanModel, built with this pack's operations.
+
+The header is classified first (`checkpoint.classify_checkpoint`: every Linear's format and conventions, or
+the file's problems as a `CheckpointError` naming file and layer); then ComfyUI reads the file itself
+(`comfy.utils.load_torch_file`, mmap, no second copy) and builds the model with a per-load operations class
+(`linear.make_operations`). Passing custom operations makes ComfyUI skip its own legacy conversion, so the
+model-level `scaled_fp8` marker is dropped here (the classifier already used it as evidence).
+"""
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import comfy.model_management
+import comfy.sd
+import comfy.supported_models
+import comfy.utils
+import torch
+
+from ..checkpoint import CheckpointError, classify_checkpoint, open_checkpoint
+from ..kernels.dispatch import AUTO, PATHS, REFERENCE, TORCH, TRITON_DEQUANT
+from ..kernels.options import KernelOptions, PathLog
+from . import lora
+from .linear import LoadPlan, make_operations
+
+LOG = logging.getLogger("wan_nvfp4.nodes")
+
+AUTO_CHOICE = "auto"
+COMPUTE_DTYPES = {AUTO_CHOICE: None, "bf16": torch.bfloat16, "fp16": torch.float16}
+KERNEL_PATHS = (AUTO, *PATHS)
+NIBBLE_ORDER_CHOICES = (AUTO_CHOICE, "low_first", "high_first")
+SCALE_LAYOUT_CHOICES = (AUTO_CHOICE, "linear", "swizzled")
+LEGACY_FP8_MARKER = "scaled_fp8"
+DEQUANTIZE_PATHS = (REFERENCE, TORCH, TRITON_DEQUANT)  # forced linear paths that also exist for dequantize
+
+
+@dataclass(frozen=True)
+class LoaderOptions:
+    """What the Advanced node lets a user choose (hashable, so ComfyUI can re-create the patcher)."""
+
+    compute_dtype: str = AUTO_CHOICE
+    kernel_path: str = AUTO
+    nibble_order: str = AUTO_CHOICE
+    scale_layout: str = AUTO_CHOICE
+    lora_mode: str = lora.EXACT
+
+    def __post_init__(self):
+        choices = {
+            "compute_dtype": tuple(COMPUTE_DTYPES),
+            "kernel_path": KERNEL_PATHS,
+            "nibble_order": NIBBLE_ORDER_CHOICES,
+            "scale_layout": SCALE_LAYOUT_CHOICES,
+            "lora_mode": lora.LORA_MODES,
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+
+    def override(self, value: str) -> str | None:
+        return None if value == AUTO_CHOICE else value
+
+
+def classify(path: str | Path, options: LoaderOptions):
+    """The file's classification with the caller's overrides; raises CheckpointError for unusable files."""
+    info = classify_checkpoint(
+        open_checkpoint(path),
+        nibble_order=options.override(options.nibble_order),
+        scale_layout=options.override(options.scale_layout),
+    )
+    info.raise_for_problems()
+    return info
+
+
+def _model_dtype(options: LoaderOptions, info, sd) -> torch.dtype | None:
+    """The dtype the model runs in: the user's choice, else what ComfyUI picks for its own quantized files
+    (never the fp8 storage dtype of a scaled-fp8 file)."""
+    chosen = COMPUTE_DTYPES[options.compute_dtype]
+    if chosen is not None or not any(s.is_quantized for s in info.layers.values()):
+        return chosen
+    return comfy.model_management.unet_dtype(
+        model_params=comfy.utils.calculate_parameters(sd),
+        supported_dtypes=comfy.supported_models.WAN21_T2V.supported_inference_dtypes,
+        weight_dtype=None,
+    )
+
+
+def _plan(path: Path, info, options: LoaderOptions) -> LoadPlan:
+    kernel = KernelOptions(path=options.kernel_path)
+    return LoadPlan(
+        path=str(path),
+        layers=info.layers,
+        kernel_options=kernel,
+        dequant_path=options.kernel_path if options.kernel_path in DEQUANTIZE_PATHS else AUTO,
+        lora_mode=options.lora_mode,
+        path_log=PathLog(path.name, len(info.layers)),
+    )
+
+
+def load_wan_model(path: str | Path, options: LoaderOptions = LoaderOptions(), disable_dynamic: bool = False):
+    """A ComfyUI ModelPatcher for the WAN checkpoint at `path`, quantized Linears kept as stored."""
+    path = Path(path)
+    info = classify(path, options)
+    sd, metadata = comfy.utils.load_torch_file(str(path), return_metadata=True)
+    sd.pop(info.prefix + LEGACY_FP8_MARKER, None)
+    model_options = {"custom_operations": make_operations(_plan(path, info, options))}
+    dtype = _model_dtype(options, info, sd)
+    if dtype is not None:
+        model_options["dtype"] = dtype
+    patcher = comfy.sd.load_diffusion_model_state_dict(
+        sd, model_options=model_options, metadata=metadata, disable_dynamic=disable_dynamic
+    )
+    if patcher is None:
+        raise CheckpointError(
+            path, "ComfyUI could not detect the model type", None, "a WAN diffusion model", info.variant.id
+        )
+    patcher.cached_patcher_init = (load_wan_model, (str(path), options))
+    lora.register(patcher)
+    LOG.info("WAN NVFP4: %s: %s; %s", path.name, info.variant.id, _format_summary(info))
+    return patcher
+
+
+def _format_summary(info) -> str:
+    counts: dict[str, int] = {}
+    for spec in info.layers.values():
+        conv = f" {spec.nibble_order}+{spec.scale_layout}" if spec.nibble_order else ""
+        assumed = " (assumed)" if spec.assumed else ""
+        label = f"{spec.format}{conv}{assumed}"
+        counts[label] = counts.get(label, 0) + 1
+    return ", ".join(f"{label}: {n} layers" for label, n in sorted(counts.items()))

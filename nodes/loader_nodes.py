@@ -1,0 +1,139 @@
+"""ComfyUI nodes (V3) that load WAN checkpoints: the loader, its Advanced variant and the A14B pair loader."""
+
+import folder_paths
+from comfy_api.latest import io
+
+from . import lora
+from .loader import (
+    AUTO_CHOICE,
+    COMPUTE_DTYPES,
+    KERNEL_PATHS,
+    NIBBLE_ORDER_CHOICES,
+    SCALE_LAYOUT_CHOICES,
+    LoaderOptions,
+    load_wan_model,
+)
+
+CATEGORY = "loaders/WAN NVFP4"
+FOLDER = "diffusion_models"
+
+# option name -> (choices, default, tooltip): the Advanced settings, shared by the pair loader
+ADVANCED_OPTIONS = {
+    "compute_dtype": (
+        tuple(COMPUTE_DTYPES),
+        AUTO_CHOICE,
+        "dtype the model runs in; auto picks what ComfyUI picks for quantized models on this device",
+    ),
+    "kernel_path": (
+        KERNEL_PATHS,
+        "auto",
+        "auto: Triton on NVIDIA GPUs (fused kernel at small M), torch elsewhere; or force one path "
+        "(an error says why if it cannot run here)",
+    ),
+    "nibble_order": (
+        NIBBLE_ORDER_CHOICES,
+        AUTO_CHOICE,
+        "auto: what the file's evidence says; override only for files without metadata (see the doctor)",
+    ),
+    "scale_layout": (
+        SCALE_LAYOUT_CHOICES,
+        AUTO_CHOICE,
+        "auto: what the file's evidence says; override only for files without metadata (see the doctor)",
+    ),
+    "lora_mode": (
+        lora.LORA_MODES,
+        lora.EXACT,
+        "exact: LoRA applied to the dequantized weight on every step (no requantization loss); "
+        "merge: merged once and requantized, like ComfyUI",
+    ),
+}
+
+
+def unet_input(name: str = "unet_name", tooltip: str = "WAN diffusion model (diffusion_models folder)"):
+    return io.Combo.Input(name, options=folder_paths.get_filename_list(FOLDER), tooltip=tooltip)
+
+
+def advanced_inputs() -> list:
+    return [
+        io.Combo.Input(name, options=list(choices), default=default, optional=True, tooltip=tip)
+        for name, (choices, default, tip) in ADVANCED_OPTIONS.items()
+    ]
+
+
+def options_from(kwargs: dict) -> LoaderOptions:
+    return LoaderOptions(
+        **{name: kwargs.get(name, default) for name, (_, default, _) in ADVANCED_OPTIONS.items()}
+    )
+
+
+def load(unet_name: str, options: LoaderOptions):
+    return load_wan_model(folder_paths.get_full_path_or_raise(FOLDER, unet_name), options)
+
+
+class WanNVFP4Loader(io.ComfyNode):
+    """Drop-in for `Load Diffusion Model` (UNETLoader) for NVFP4 / scaled-FP8 / bf16 WAN checkpoints."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="WanNVFP4Loader",
+            display_name="WAN NVFP4 Loader",
+            category=CATEGORY,
+            description="Loads a WAN 2.1/2.2 diffusion model in any NVFP4 or scaled-FP8 convention (ComfyUI, "
+            "ModelOpt, LightX2V, Kijai, ...) with weights kept quantized, fast on any GPU. Conventions come "
+            "from the file; exact on-the-fly LoRA.",
+            search_aliases=["nvfp4", "wan loader", "unet loader nvfp4"],
+            inputs=[unet_input()],
+            outputs=[io.Model.Output()],
+        )
+
+    @classmethod
+    def execute(cls, unet_name) -> io.NodeOutput:
+        return io.NodeOutput(load(unet_name, LoaderOptions()))
+
+
+class WanNVFP4LoaderAdvanced(io.ComfyNode):
+    """The loader with compute dtype, kernel path, convention overrides and LoRA mode."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="WanNVFP4LoaderAdvanced",
+            display_name="WAN NVFP4 Loader (Advanced)",
+            category=CATEGORY,
+            description="WAN NVFP4 Loader with compute dtype, kernel path, nibble order / scale layout "
+            "overrides and LoRA mode.",
+            inputs=[unet_input(), *advanced_inputs()],
+            outputs=[io.Model.Output()],
+        )
+
+    @classmethod
+    def execute(cls, unet_name, **kwargs) -> io.NodeOutput:
+        return io.NodeOutput(load(unet_name, options_from(kwargs)))
+
+
+class WanNVFP4PairLoader(io.ComfyNode):
+    """WAN 2.2 A14B: the high-noise and low-noise experts with the same settings (each its own options)."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="WanNVFP4PairLoader",
+            display_name="WAN NVFP4 Loader (2.2 A14B pair)",
+            category=CATEGORY,
+            description="Loads the two WAN 2.2 A14B experts (high noise, low noise) with the same settings.",
+            inputs=[
+                unet_input("high_noise_unet", "WAN 2.2 A14B high-noise expert"),
+                unet_input("low_noise_unet", "WAN 2.2 A14B low-noise expert"),
+                *advanced_inputs(),
+            ],
+            outputs=[
+                io.Model.Output("high_noise_model", display_name="high_noise_model"),
+                io.Model.Output("low_noise_model", display_name="low_noise_model"),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, high_noise_unet, low_noise_unet, **kwargs) -> io.NodeOutput:
+        options = options_from(kwargs)
+        return io.NodeOutput(load(high_noise_unet, options), load(low_noise_unet, options))

@@ -1,0 +1,104 @@
+"""ComfyUI node "WAN Quantize Checkpoint": convert a model from `diffusion_models` to NVFP4 / FP8 in place.
+
+Thin wrapper: the work is `checkpoint.convert.convert_checkpoint`; this file only maps widgets to options,
+drives ComfyUI's progress bar and returns the per-layer report as text.
+"""
+
+import os
+from pathlib import Path
+
+import comfy.utils
+import folder_paths
+from comfy_api.latest import io
+
+from ..checkpoint.convert import KEEP_DTYPES, ConvertOptions, convert_checkpoint
+from ..checkpoint.output_formats import LAYOUTS
+from ..checkpoint.presets import PRESETS, TARGETS, PresetOptions
+
+FOLDER = "diffusion_models"
+PROGRESS_STEPS = 1000
+OUTPUT_SUFFIXES = (".safetensors", ".sft")
+
+
+def target_path(name: str, source: Path) -> Path:
+    """`name` as a plain file name next to the source, i.e. in the same `diffusion_models` folder."""
+    clean = name.strip()
+    if not clean or Path(clean).name != clean or clean in (".", ".."):
+        raise ValueError(f"target name must be a plain file name (no folders), got {name!r}")
+    if not clean.endswith(OUTPUT_SUFFIXES):
+        clean += ".safetensors"
+    return Path(source).parent / clean
+
+
+def _progress_bar_callback():
+    bar = comfy.utils.ProgressBar(PROGRESS_STEPS)
+
+    def callback(done: int, total: int, label: str) -> None:
+        bar.update_absolute(PROGRESS_STEPS * done // total if total else PROGRESS_STEPS, PROGRESS_STEPS)
+
+    return callback
+
+
+class WanQuantizeCheckpoint(io.ComfyNode):
+    """Quantize a bf16/fp16/fp32 or scaled-FP8 WAN model to NVFP4 or FP8 (ComfyUI-native by default)."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="WanQuantizeCheckpoint",
+            display_name="WAN Quantize Checkpoint",
+            category="WAN NVFP4",
+            description="Converts a WAN diffusion model to NVFP4 or FP8, streaming layer by layer, and "
+            "writes the result next to the source in diffusion_models (atomically; the source is never "
+            "modified). Returns the per-layer SQNR report; a JSON copy is saved next to the new file.",
+            inputs=[
+                io.Combo.Input(
+                    "source", options=folder_paths.get_filename_list(FOLDER), tooltip="model to convert"
+                ),
+                io.String.Input("target_name", default="wan_nvfp4.safetensors", tooltip="new file name"),
+                io.Combo.Input("format", options=list(TARGETS), default="nvfp4"),
+                io.Combo.Input(
+                    "layout",
+                    options=list(LAYOUTS),
+                    default="comfy",
+                    tooltip="comfy: loads in vanilla ComfyUI; modelopt: NVIDIA ModelOpt conventions",
+                ),
+                io.Combo.Input(
+                    "preset", options=list(PRESETS), default="wan", tooltip="layers kept in high precision"
+                ),
+                io.Int.Input("keep_first_blocks", default=0, min=0, max=64),
+                io.Int.Input("keep_last_blocks", default=0, min=0, max=64),
+                io.Combo.Input("keep_dtype", options=list(KEEP_DTYPES), default="source"),
+                io.Boolean.Input(
+                    "overwrite", default=False, tooltip="replace an existing target (never the source)"
+                ),
+            ],
+            outputs=[io.String.Output(display_name="report")],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(
+        cls,
+        source: str,
+        target_name: str,
+        format: str,
+        layout: str,
+        preset: str,
+        keep_first_blocks: int,
+        keep_last_blocks: int,
+        keep_dtype: str,
+        overwrite: bool,
+    ) -> io.NodeOutput:
+        src = folder_paths.get_full_path_or_raise(FOLDER, source)
+        dst = target_path(target_name, Path(src))
+        options = ConvertOptions(
+            target=format,
+            layout=layout,
+            preset=PresetOptions(preset, keep_first_blocks, keep_last_blocks),
+            keep_dtype=KEEP_DTYPES[keep_dtype],
+            overwrite=overwrite,
+        )
+        report = convert_checkpoint(src, dst, options, progress=_progress_bar_callback())
+        text = report.to_text()
+        return io.NodeOutput(text, ui={"text": [f"wrote {os.fspath(dst)}"]})

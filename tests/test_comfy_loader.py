@@ -1,0 +1,136 @@
+"""The loader inside a real ComfyUI (COMFYUI_PATH): every fixture convention and WAN variant loads through
+ComfyUI's own WanModel with the pack's operations and matches vanilla ComfyUI running the oracle-dequantized
+weights; weights stay quantized in memory; two models with different options coexist."""
+
+import pytest
+import torch
+from wan_nvfp4.checkpoint.fixtures import CONVENTIONS, FIXTURES, TINY_VARIANTS
+
+from . import comfy_harness as H
+
+pytestmark = pytest.mark.comfyui
+
+MAX_REL_ERR = 2e-3
+# fixtures whose file states nothing that decides the conventions *and* that an honest reader gets wrong
+MISREAD = [name for name, c in CONVENTIONS.items() if c.misread]
+READABLE = [name for name, c in CONVENTIONS.items() if not c.misread]
+
+
+@pytest.fixture(scope="module")
+def loader():
+    H.comfy()
+    from wan_nvfp4.nodes import loader
+
+    return loader
+
+
+def _load_and_compare(loader, fx, folder, options=None):
+    path = fx.write(folder)
+    patcher = loader.load_wan_model(path, options or loader.LoaderOptions())
+    inputs = H.forward_inputs(fx.variant)
+    ours = H.run(patcher, inputs)
+    oracle = H.run(H.vanilla_model(H.oracle_state_dict(fx)), inputs)
+    H.unload()
+    return patcher, H.rel_err(ours, oracle)
+
+
+@pytest.mark.parametrize("name", READABLE)
+def test_every_convention_matches_the_oracle(loader, tmp_path, name):
+    _, err = _load_and_compare(loader, FIXTURES[name](), tmp_path)
+    assert err <= MAX_REL_ERR, f"{name}: relative error {err:.3g} vs oracle"
+
+
+@pytest.mark.parametrize("variant", list(TINY_VARIANTS))
+def test_every_variant_loads_mixed_formats(loader, tmp_path, variant):
+    patcher, err = _load_and_compare(loader, FIXTURES["mixed"](variant=variant), tmp_path)
+    assert err <= MAX_REL_ERR, f"{variant}: relative error {err:.3g}"
+    from comfy.model_detection import detect_unet_config  # noqa: F401  (ComfyUI's own detection ran)
+
+    in_dim = patcher.model.diffusion_model.patch_embedding.weight.shape[1]
+    assert in_dim == TINY_VARIANTS[variant].in_dim
+
+
+@pytest.mark.parametrize("name", MISREAD)
+def test_undecidable_file_needs_the_override(loader, tmp_path, name):
+    """Without evidence the file is read in ComfyUI's convention (wrong here); the override fixes it."""
+    fx = FIXTURES[name]()
+    _, default_err = _load_and_compare(loader, fx, tmp_path)
+    assert default_err > 0.3, "reading with the assumed convention must visibly differ (negative test)"
+    truth = next(t for t in fx.layers.values() if t.format == "nvfp4")
+    options = loader.LoaderOptions(nibble_order=truth.nibble_order, scale_layout=truth.scale_layout)
+    _, err = _load_and_compare(loader, fx, tmp_path, options)
+    assert err <= MAX_REL_ERR
+
+
+def test_weights_stay_quantized_as_read(loader, tmp_path):
+    from comfy.quant_ops import QuantizedTensor
+
+    fx = FIXTURES["modelopt_nvfp4"]()
+    patcher = loader.load_wan_model(fx.write(tmp_path))
+    q = patcher.model.diffusion_model.blocks[0].self_attn.q
+    assert isinstance(q.weight, QuantizedTensor)
+    assert q.weight.shape == (256, 256) and q.weight._qdata.dtype == torch.uint8
+    stored = fx.tensors["blocks.0.self_attn.q.weight"]
+    assert torch.equal(q.weight._qdata, stored), "packed bytes must be kept exactly as stored (no repacking)"
+    assert torch.equal(
+        q.weight._params.block_scale.view(torch.uint8),
+        fx.tensors["blocks.0.self_attn.q.weight_scale"].view(torch.uint8),
+    )
+    # the state dict keeps `<layer>.weight` (LoRA key mapping) with the file's real byte sizes
+    sd = patcher.model.diffusion_model.state_dict()
+    assert sd["blocks.0.self_attn.q.weight"].dtype == torch.uint8
+    packed_bytes = sum(t.nbytes for k, t in sd.items() if k.startswith("blocks.0.self_attn.q."))
+    assert packed_bytes < 256 * 256 * 2 / 3
+    # ComfyUI's memory accounting sees the packed size, not a dequantized one
+    import comfy.model_management as mm
+
+    assert mm.module_size(q) == packed_bytes
+
+
+def test_unquantized_layers_handled_like_comfyui(loader, tmp_path):
+    fx = FIXTURES["mixed"]()
+    patcher = loader.load_wan_model(fx.write(tmp_path))
+    dm = patcher.model.diffusion_model
+    assert isinstance(dm.text_embedding[0].weight, torch.nn.Parameter)
+    assert dm.text_embedding[0].weight.dtype == patcher.model.get_dtype()
+    assert dm.patch_embedding.weight.dtype == torch.float32  # WanModel keeps its Conv3d in fp32
+
+
+def test_two_models_with_different_options(loader, tmp_path):
+    """Options live per load (no class-level state): each model keeps its own kernel path and LoRA mode."""
+    fx = FIXTURES["comfy_nvfp4"]()
+    path = fx.write(tmp_path)
+    a = loader.load_wan_model(path, loader.LoaderOptions(kernel_path="reference", lora_mode="merge"))
+    b = loader.load_wan_model(path, loader.LoaderOptions(kernel_path="torch"))
+    qa = a.model.diffusion_model.blocks[0].self_attn.q
+    qb = b.model.diffusion_model.blocks[0].self_attn.q
+    assert type(qa) is not type(qb)
+    assert (qa.plan.kernel_options.path, qa.wan_nvfp4_lora_mode) == ("reference", "merge")
+    assert (qb.plan.kernel_options.path, qb.wan_nvfp4_lora_mode) == ("torch", "exact")
+    inputs = H.forward_inputs(fx.variant)
+    ya, yb = H.run(a, inputs), H.run(b, inputs)
+    assert H.rel_err(ya, yb) <= MAX_REL_ERR
+    assert {p for (_, p) in qa.plan.path_log._seen if p != "torch"} <= {"reference"}
+    assert "reference" not in {p for (_, p) in qb.plan.path_log._seen}
+    H.unload()
+
+
+def test_path_log_summarises_once_per_model(loader, tmp_path):
+    fx = FIXTURES["mixed"]()
+    patcher = loader.load_wan_model(fx.write(tmp_path))
+    H.run(patcher, H.forward_inputs(fx.variant))
+    H.run(patcher, H.forward_inputs(fx.variant))
+    log = patcher.model.diffusion_model.blocks[0].self_attn.q.plan.path_log
+    assert len(log.lines) == 1
+    assert "nvfp4:" in log.lines[0] and "fp8:" in log.lines[0] and "float:" in log.lines[0]
+    H.unload()
+
+
+def test_recreate_for_compile_delegate(loader, tmp_path):
+    """`cached_patcher_init` rebuilds the model (ComfyUI does so for TorchCompileModel on Dynamic VRAM)."""
+    fx = FIXTURES["comfy_nvfp4"]()
+    patcher = loader.load_wan_model(fx.write(tmp_path), loader.LoaderOptions(lora_mode="merge"))
+    fn, args = patcher.cached_patcher_init
+    again = fn(*args, disable_dynamic=True)
+    assert type(again).__name__ == "ModelPatcher"
+    assert again.model.diffusion_model.blocks[0].self_attn.q.wan_nvfp4_lora_mode == "merge"

@@ -1,0 +1,38 @@
+"""The linear benchmark runs end to end on CPU (tiny shapes) and exits cleanly without CUDA."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from wan_nvfp4.bench import linear as bench
+from wan_nvfp4.bench.timing import render_table
+
+
+def test_cpu_smoke_prints_one_table_per_shape_and_format(capsys):
+    assert bench.main(["--device", "cpu", "--quick", "--fp8", "--shapes", "96x64,160x32", "--m", "1,5"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("NVFP4 custom: N=96 K=64") == 1 and out.count("FP8 custom: N=160 K=32") == 1
+    assert "n/a: triton fused: Triton kernels need an NVIDIA GPU" in out
+    assert "relative error vs the fp32 reference at M=5" in out
+    assert "NVFP4 -> bf16 dequant" in out
+    # every table row has one cell per header column
+    for line in out.splitlines():
+        if line.startswith(("1 ", "5 ")):
+            assert len(line.split()) >= 6
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message printed without CUDA")
+def test_without_cuda_it_says_so_and_exits_zero():
+    result = subprocess.run(
+        [sys.executable, "-m", "wan_nvfp4.bench.linear"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0
+    assert "No CUDA device" in result.stdout and "--device cpu --quick" in result.stdout
+
+
+def test_render_table_markdown_and_text():
+    md = render_table(["M", "t"], [["1", "0.5"], ["16", "0.25"]], markdown=True)
+    assert md.splitlines() == ["| M | t |", "|---|---|", "| 1 | 0.5 |", "| 16 | 0.25 |"]
+    text = render_table(["M", "t"], [["1", "0.5"]], markdown=False)
+    assert text.splitlines() == ["M    t", "-  ---", "1  0.5"]

@@ -1,0 +1,182 @@
+"""repair: every foreign-convention fixture becomes ComfyUI-native with bit-identical dequantized weights,
+read back by comfy-kitchen the way vanilla ComfyUI reads it; the input is never modified."""
+
+import dataclasses
+import hashlib
+import json
+
+import pytest
+import torch
+from wan_nvfp4.checkpoint.classify import classify_checkpoint
+from wan_nvfp4.checkpoint.errors import CheckpointError
+from wan_nvfp4.checkpoint.fixtures import FIXTURES
+from wan_nvfp4.checkpoint.inspect import inspect_checkpoint
+from wan_nvfp4.checkpoint.layers import FP8_SCALED, NVFP4, build_weight
+from wan_nvfp4.checkpoint.repair import RepairOptions, repair_checkpoint
+from wan_nvfp4.checkpoint.safetensors_io import SafetensorsFile
+from wan_nvfp4.checkpoint.sqnr import sqnr_db
+from wan_nvfp4.checkpoint.verdicts import LOADS_NATIVELY, REFUSES_ERROR
+from wan_nvfp4.kernels import HIGH_FIRST, SWIZZLED, dequantize, dequantize_nvfp4
+
+ck = pytest.importorskip("comfy_kitchen")
+
+FOREIGN = [
+    "comfy_nvfp4_comfy_quant",
+    "modelopt_nvfp4",
+    "modelopt_nvfp4_sidecar",
+    "modelopt_comfy_single_file",
+    "lightx2v_nvfp4",
+    "user_replica",
+    "nvfp4_linear_no_metadata",
+    "modelopt_nvfp4_stripped",
+    "comfy_fp8",
+    "legacy_scaled_fp8",
+    "kijai_fp8",
+    "fp8_scale_weight_no_marker",
+    "mixed",
+]
+
+
+def sha256(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _truth_weight(fx, spec, source, path):
+    """The source layer read in the conventions it was really written in (fixture ground truth)."""
+    truth = fx.layers[spec.name]
+    if spec.format == NVFP4:
+        spec = dataclasses.replace(spec, nibble_order=truth.nibble_order, scale_layout=truth.scale_layout)
+    return build_weight(spec, source.tensor, path)
+
+
+def _bit_equal(a, b):
+    return a.shape == b.shape and torch.equal(a.view(torch.int32), b.view(torch.int32))
+
+
+@pytest.mark.parametrize("name", FOREIGN)
+def test_repair_is_lossless_and_comfyui_native(name, tmp_path):
+    fx = FIXTURES[name]()
+    src = fx.write(tmp_path / "in")
+    before_hash = sha256(src)
+    conv = fx.convention
+    # a file whose conventions nothing states and the assumption gets wrong must be told (or use --reference)
+    options = RepairOptions(
+        nibble_order=conv.nibble_order if conv.misread else None,
+        scale_layout=conv.scale_layout if conv.misread else None,
+        verify="full",
+    )
+    dst = tmp_path / "out.safetensors"
+    report = repair_checkpoint(src, dst, options)
+    assert sha256(src) == before_hash
+    inspected = inspect_checkpoint(dst)
+    assert inspected.comfyui.outcome == LOADS_NATIVELY, inspected.comfyui.reasons[:3]
+    assert report.verdicts == {"comfyui": LOADS_NATIVELY, "wan_nvfp4": inspected.pack.outcome}
+    out_info = inspected.info
+    assert out_info.prefix == fx.prefix
+    src_info = classify_checkpoint(src)
+    s, d = SafetensorsFile(src), SafetensorsFile(dst)
+    keys = set(d.keys())
+    assert not any(
+        k.endswith((".scale_weight", ".scale_input", ".alpha", ".input_global_scale")) for k in keys
+    )
+    assert fx.prefix + "scaled_fp8" not in keys
+    listed = json.loads(d.metadata["_quantization_metadata"])["layers"]
+    for lname, truth in fx.layers.items():
+        after_spec = out_info.layers[lname]
+        before = _truth_weight(fx, src_info.layers[lname], s, src)
+        after = build_weight(after_spec, d.tensor, dst)
+        assert _bit_equal(dequantize(before), dequantize(after)), lname
+        if truth.format == NVFP4:
+            assert (after_spec.nibble_order, after_spec.scale_layout, after_spec.assumed) == (
+                HIGH_FIRST,
+                SWIZZLED,
+                False,
+            )
+            assert listed[fx.prefix + lname] == {"format": "nvfp4"}
+            # vanilla ComfyUI's reader (comfy-kitchen, hi_first + swizzled defaults) sees the original weight
+            with ck.use_backend("eager"):
+                ck_w = ck.dequantize_nvfp4(after.packed, after.global_scale, after.block_scale, torch.float32)
+            assert torch.equal(ck_w, dequantize_nvfp4(before, torch.float32, scale_first=True))
+            assert sqnr_db(fx.reference[f"{lname}.weight"], ck_w) > 15.0
+        elif truth.format == FP8_SCALED:
+            assert listed[fx.prefix + lname] == {"format": "float8_e4m3fn"}
+            assert d.shape(after_spec.tensors["scale"]) == ()
+            ck_w = ck.dequantize_per_tensor_fp8(after.data, after.scale, output_type=torch.float32)
+            assert torch.equal(ck_w, dequantize(before))
+    assert "rewritten" in report.checks["lossless"]
+
+
+def test_lightx2v_scales_map_to_comfy_names(tmp_path):
+    fx = FIXTURES["lightx2v_nvfp4"]()
+    src = fx.write(tmp_path)
+    dst = tmp_path / "out.safetensors"
+    repair_checkpoint(src, dst)
+    s, d = SafetensorsFile(src), SafetensorsFile(dst)
+    stem = "blocks.0.self_attn.q"
+    alpha, igs = s.tensor(f"{stem}.alpha").float(), s.tensor(f"{stem}.input_global_scale").float()
+    assert d.tensor(f"{stem}.weight_scale_2").item() == (alpha * igs).item()  # weight_scale_2 = alpha * igs
+    assert d.tensor(f"{stem}.input_scale").item() == pytest.approx((1 / igs).item(), rel=1e-7)
+
+
+def test_stripped_modelopt_needs_a_decision(tmp_path):
+    """Negative: read by the assumption (ComfyUI convention) the output is noise; --reference fixes it."""
+    fx = FIXTURES["modelopt_nvfp4_stripped"]()
+    src = fx.write(tmp_path / "in")
+    ref = FIXTURES["bf16"]().write(tmp_path / "ref")
+    wrong = tmp_path / "assumed.safetensors"
+    repair_checkpoint(src, wrong)
+    info = classify_checkpoint(wrong)
+    w = dequantize(info.weight("blocks.0.ffn.0"))
+    assert sqnr_db(fx.reference["blocks.0.ffn.0.weight"], w) < 3.0
+    right = tmp_path / "decided.safetensors"
+    report = repair_checkpoint(src, right, reference=ref)
+    assert any("decided low_first + linear" in n for n in report.notes)
+    w = dequantize(classify_checkpoint(right).weight("blocks.0.ffn.0"))
+    assert sqnr_db(fx.reference["blocks.0.ffn.0.weight"], w) > 15.0
+
+
+def test_unrelated_reference_refuses_to_guess(tmp_path):
+    src = FIXTURES["modelopt_nvfp4_stripped"]().write(tmp_path / "in")
+    other = FIXTURES["bf16"](seed=1).write(tmp_path / "other")
+    dst = tmp_path / "out.safetensors"
+    with pytest.raises(CheckpointError, match="did not decide") as e:
+        repair_checkpoint(src, dst, reference=other)
+    assert str(src) in str(e.value)
+    assert not dst.exists()
+
+
+@pytest.mark.parametrize(
+    ("mode", "outcome", "action"),
+    [
+        ("keep", REFUSES_ERROR, "copied"),
+        ("requantize", LOADS_NATIVELY, "quantized"),
+        ("bf16", LOADS_NATIVELY, "kept"),
+    ],
+)
+def test_per_row_fp8_modes(mode, outcome, action, tmp_path):
+    fx = FIXTURES["fp8_per_row"]()
+    src = fx.write(tmp_path / "in")
+    dst = tmp_path / "out.safetensors"
+    report = repair_checkpoint(src, dst, RepairOptions(per_row_fp8=mode))
+    assert inspect_checkpoint(dst).comfyui.outcome == outcome
+    rows = [r for r in report.layers if r.source_format == FP8_SCALED]
+    assert rows and all(r.action == action for r in rows)
+    assert any("per-row" in n for n in report.notes)
+    s_info, d_info = classify_checkpoint(src), classify_checkpoint(dst)
+    s, d = SafetensorsFile(src), SafetensorsFile(dst)
+    for r in rows:
+        before = dequantize(build_weight(s_info.layers[r.name], s.tensor, src))
+        after = dequantize(build_weight(d_info.layers[r.name], d.tensor, dst))
+        if mode == "keep":  # untouched bytes, and the unknown-format marker that makes ComfyUI refuse stays
+            assert _bit_equal(before, after)
+        else:
+            assert r.sqnr_db == pytest.approx(sqnr_db(before, after), abs=1e-6)
+            assert r.sqnr_db > (40.0 if mode == "bf16" else 25.0)
+
+
+def test_repair_refuses_destination_equal_to_source(tmp_path):
+    src = FIXTURES["modelopt_nvfp4"]().write(tmp_path)
+    before = sha256(src)
+    with pytest.raises(CheckpointError, match="same file"):
+        repair_checkpoint(src, src, RepairOptions(overwrite=True))
+    assert sha256(src) == before
