@@ -1,18 +1,13 @@
 """`wan-nvfp4 repair SRC DST`: lossless rewrite of a foreign-convention NVFP4/FP8 file, ComfyUI-native."""
 
-import sys
-
-from ..checkpoint.errors import CheckpointError
 from ..checkpoint.progress import TextProgress
 from ..checkpoint.repair import PER_ROW_FP8, VERIFY_MODES, RepairOptions, repair_checkpoint
 from ..kernels import NIBBLE_ORDERS, SCALE_LAYOUTS
+from .output_args import add_output_arguments, run_job
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("src", help="the quantized .safetensors to repair; never modified")
-    parser.add_argument(
-        "dst", help="output .safetensors (written atomically; must not exist without --overwrite)"
-    )
+    add_output_arguments(parser, "the quantized .safetensors to repair; never modified")
     parser.add_argument("--nibble-order", choices=NIBBLE_ORDERS, help="read the NVFP4 weights in this order")
     parser.add_argument(
         "--scale-layout", choices=SCALE_LAYOUTS, help="read the NVFP4 block scales in this layout"
@@ -34,12 +29,6 @@ def add_arguments(parser) -> None:
         default="sample",
         help="compare dequantized weights on a sample of layers (default) or on every layer",
     )
-    parser.add_argument("--overwrite", action="store_true", help="replace DST if it exists (never SRC)")
-    parser.add_argument(
-        "--report", metavar="JSON", help="where to save the JSON report (default: next to DST)"
-    )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--quiet", action="store_true", help="print only the summary, not every layer")
 
 
 def run(args) -> int:
@@ -51,12 +40,9 @@ def run(args) -> int:
         overwrite=args.overwrite,
     )
     progress = None if args.no_progress else TextProgress("repair")
-    try:
-        report = repair_checkpoint(
+    return run_job(
+        lambda: repair_checkpoint(
             args.src, args.dst, options, progress=progress, report_path=args.report, reference=args.reference
-        )
-    except (CheckpointError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(report.to_text(max_rows=0 if args.quiet else None))
-    return 0
+        ),
+        args.quiet,
+    )

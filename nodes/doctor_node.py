@@ -5,9 +5,7 @@ from comfy_api.latest import io, ui
 
 from ..checkpoint import CheckpointError, inspect_checkpoint
 from ..checkpoint.reference_match import compare_with_reference
-from .loader_nodes import CATEGORY, FOLDER, unet_input
-
-NO_REFERENCE = "none"
+from .loader_nodes import FOLDER, TOOLS_CATEGORY, reference_input, reference_path, unet_input
 
 
 def doctor_report(path: str, reference_path: str | None = None) -> str:
@@ -32,29 +30,20 @@ class WanNVFP4Doctor(io.ComfyNode):
         return io.Schema(
             node_id="WanNVFP4Doctor",
             display_name="WAN NVFP4 Doctor",
-            category=CATEGORY,
+            category=TOOLS_CATEGORY,
             description="Inspects a WAN checkpoint without loading it: per-layer formats and conventions "
             "with their evidence, problems, and what vanilla ComfyUI and this pack will do with it. With a "
             "reference (the same model in another precision) it decides conventions the file does not state.",
             inputs=[
                 unet_input(),
-                io.Combo.Input(
-                    "reference_name",
-                    options=[NO_REFERENCE, *folder_paths.get_filename_list(FOLDER)],
-                    default=NO_REFERENCE,
-                    optional=True,
-                    tooltip="the same model in bf16/fp16/fp8, to decide undecidable conventions",
-                ),
+                reference_input("the same model in bf16/fp16/fp8, to decide undecidable conventions"),
             ],
             outputs=[io.String.Output("report")],
             is_output_node=True,
         )
 
     @classmethod
-    def execute(cls, unet_name, reference_name=NO_REFERENCE) -> io.NodeOutput:
+    def execute(cls, unet_name, reference_name="none") -> io.NodeOutput:
         path = folder_paths.get_full_path_or_raise(FOLDER, unet_name)
-        reference = None
-        if reference_name != NO_REFERENCE:
-            reference = folder_paths.get_full_path_or_raise(FOLDER, reference_name)
-        text = doctor_report(path, reference)
+        text = doctor_report(path, reference_path(reference_name))
         return io.NodeOutput(text, ui=ui.PreviewText(text))

@@ -18,6 +18,8 @@ import comfy.utils
 import torch
 
 from ..checkpoint import CheckpointError, classify_checkpoint, open_checkpoint
+from ..checkpoint.reference_match import decide_conventions
+from ..checkpoint.verdicts import LOADS_NATIVELY, comfy_view, comfyui_verdict
 from ..kernels.dispatch import AUTO, PATHS, REFERENCE, TORCH, TRITON_DEQUANT
 from ..kernels.options import KernelOptions, PathLog
 from . import lora
@@ -27,7 +29,8 @@ LOG = logging.getLogger("wan_nvfp4.nodes")
 
 AUTO_CHOICE = "auto"
 COMPUTE_DTYPES = {AUTO_CHOICE: None, "bf16": torch.bfloat16, "fp16": torch.float16}
-KERNEL_PATHS = (AUTO, *PATHS)
+COMFYUI_NATIVE = "comfyui-native"  # ComfyUI's own MixedPrecisionOps (cuBLAS NVFP4 on Blackwell + cu130)
+KERNEL_PATHS = (AUTO, *PATHS, COMFYUI_NATIVE)
 NIBBLE_ORDER_CHOICES = (AUTO_CHOICE, "low_first", "high_first")
 SCALE_LAYOUT_CHOICES = (AUTO_CHOICE, "linear", "swizzled")
 LEGACY_FP8_MARKER = "scaled_fp8"
@@ -43,6 +46,7 @@ class LoaderOptions:
     nibble_order: str = AUTO_CHOICE
     scale_layout: str = AUTO_CHOICE
     lora_mode: str = lora.EXACT
+    reference_path: str | None = None  # same model in another precision: decides unstated conventions
 
     def __post_init__(self):
         choices = {
@@ -60,12 +64,29 @@ class LoaderOptions:
         return None if value == AUTO_CHOICE else value
 
 
+def _reference_overrides(path: Path, options: LoaderOptions) -> tuple[str | None, str | None, str]:
+    """(nibble_order, scale_layout, reason): explicit choices first, then the reference's decision."""
+    nibble, layout = options.override(options.nibble_order), options.override(options.scale_layout)
+    if options.reference_path is None or (nibble and layout):
+        return nibble, layout, "caller override"
+    match = decide_conventions(str(path), options.reference_path)
+    if not match.decided:
+        raise CheckpointError(
+            path,
+            "the reference could not decide the nibble order and scale layout",
+            expected=f"a reference of the same model ({Path(options.reference_path).name})",
+            found=match.reason,
+            hint="run the WAN NVFP4 Doctor with this reference for the per-layer table",
+        )
+    reason = f"decided by comparison with the reference {Path(options.reference_path).name}"
+    return nibble or match.nibble_order, layout or match.scale_layout, reason
+
+
 def classify(path: str | Path, options: LoaderOptions):
     """The file's classification with the caller's overrides; raises CheckpointError for unusable files."""
+    nibble, layout, reason = _reference_overrides(Path(path), options)
     info = classify_checkpoint(
-        open_checkpoint(path),
-        nibble_order=options.override(options.nibble_order),
-        scale_layout=options.override(options.scale_layout),
+        open_checkpoint(path), nibble_order=nibble, scale_layout=layout, override_reason=reason
     )
     info.raise_for_problems()
     return info
@@ -96,10 +117,34 @@ def _plan(path: Path, info, options: LoaderOptions) -> LoadPlan:
     )
 
 
+def _load_native(path: Path, info, options: LoaderOptions):
+    """ComfyUI's own loader and MixedPrecisionOps, for files it reads correctly (cuBLAS FP4 on Blackwell)."""
+    verdict = comfyui_verdict(
+        comfy_view(info.source, info.prefix, info.layers), info.layers, info.variant.is_wan
+    )
+    if verdict.outcome != LOADS_NATIVELY:
+        raise CheckpointError(
+            path,
+            "ComfyUI's native path cannot read this file correctly",
+            verdict.reasons[0].split(":")[0] if verdict.reasons else None,
+            "a ComfyUI-native file (kernel_path comfyui-native)",
+            verdict.summary,
+            hint="use kernel_path auto, or rewrite the file with `wan-nvfp4 repair`",
+        )
+    dtype = COMPUTE_DTYPES[options.compute_dtype]
+    patcher = comfy.sd.load_diffusion_model(
+        str(path), model_options={} if dtype is None else {"dtype": dtype}
+    )
+    LOG.info("WAN NVFP4: %s: loaded by ComfyUI's native path (%s)", path.name, info.variant.id)
+    return patcher
+
+
 def load_wan_model(path: str | Path, options: LoaderOptions = LoaderOptions(), disable_dynamic: bool = False):
     """A ComfyUI ModelPatcher for the WAN checkpoint at `path`, quantized Linears kept as stored."""
     path = Path(path)
     info = classify(path, options)
+    if options.kernel_path == COMFYUI_NATIVE:
+        return _load_native(path, info, options)
     sd, metadata = comfy.utils.load_torch_file(str(path), return_metadata=True)
     sd.pop(info.prefix + LEGACY_FP8_MARKER, None)
     model_options = {"custom_operations": make_operations(_plan(path, info, options))}

@@ -15,7 +15,9 @@ from .loader import (
 )
 
 CATEGORY = "loaders/WAN NVFP4"
+TOOLS_CATEGORY = "utils/WAN NVFP4"
 FOLDER = "diffusion_models"
+NO_REFERENCE = "none"
 
 # option name -> (choices, default, tooltip): the Advanced settings, shared by the pair loader
 ADVANCED_OPTIONS = {
@@ -28,7 +30,8 @@ ADVANCED_OPTIONS = {
         KERNEL_PATHS,
         "auto",
         "auto: Triton on NVIDIA GPUs (fused kernel at small M), torch elsewhere; or force one path "
-        "(an error says why if it cannot run here)",
+        "(an error says why if it cannot run here); comfyui-native: ComfyUI's own ops (native NVFP4 on "
+        "Blackwell with torch cu130), only for files ComfyUI reads correctly",
     ),
     "nibble_order": (
         NIBBLE_ORDER_CHOICES,
@@ -60,10 +63,21 @@ def advanced_inputs() -> list:
     ]
 
 
-def options_from(kwargs: dict) -> LoaderOptions:
-    return LoaderOptions(
-        **{name: kwargs.get(name, default) for name, (_, default, _) in ADVANCED_OPTIONS.items()}
+def reference_input(tooltip: str) -> io.Combo.Input:
+    """Optional: the same model in another precision (bf16/fp16/fp8), from `diffusion_models`."""
+    options = [NO_REFERENCE, *folder_paths.get_filename_list(FOLDER)]
+    return io.Combo.Input(
+        "reference_name", options=options, default=NO_REFERENCE, optional=True, tooltip=tooltip
     )
+
+
+def reference_path(name: str) -> str | None:
+    return None if name == NO_REFERENCE else folder_paths.get_full_path_or_raise(FOLDER, name)
+
+
+def options_from(kwargs: dict) -> LoaderOptions:
+    chosen = {name: kwargs.get(name, default) for name, (_, default, _) in ADVANCED_OPTIONS.items()}
+    return LoaderOptions(**chosen, reference_path=reference_path(kwargs.get("reference_name", NO_REFERENCE)))
 
 
 def load(unet_name: str, options: LoaderOptions):
@@ -102,8 +116,16 @@ class WanNVFP4LoaderAdvanced(io.ComfyNode):
             display_name="WAN NVFP4 Loader (Advanced)",
             category=CATEGORY,
             description="WAN NVFP4 Loader with compute dtype, kernel path, nibble order / scale layout "
-            "overrides and LoRA mode.",
-            inputs=[unet_input(), *advanced_inputs()],
+            "overrides, LoRA mode, and an optional reference model that decides conventions the file does "
+            "not state.",
+            inputs=[
+                unet_input(),
+                *advanced_inputs(),
+                reference_input(
+                    "optional: the same model in bf16/fp16/fp8; compares a few layers at load and reads the "
+                    "file in the convention that matches (explicit nibble_order / scale_layout still win)"
+                ),
+            ],
             outputs=[io.Model.Output()],
         )
 

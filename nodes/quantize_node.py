@@ -14,6 +14,7 @@ from comfy_api.latest import io
 from ..checkpoint.convert import KEEP_DTYPES, ConvertOptions, convert_checkpoint
 from ..checkpoint.output_formats import LAYOUTS
 from ..checkpoint.presets import PRESETS, TARGETS, PresetOptions
+from .loader_nodes import TOOLS_CATEGORY
 
 FOLDER = "diffusion_models"
 PROGRESS_STEPS = 1000
@@ -47,7 +48,7 @@ class WanQuantizeCheckpoint(io.ComfyNode):
         return io.Schema(
             node_id="WanQuantizeCheckpoint",
             display_name="WAN Quantize Checkpoint",
-            category="WAN NVFP4",
+            category=TOOLS_CATEGORY,
             description="Converts a WAN diffusion model to NVFP4 or FP8, streaming layer by layer, and "
             "writes the result next to the source in diffusion_models (atomically; the source is never "
             "modified). Returns the per-layer SQNR report; a JSON copy is saved next to the new file.",

@@ -134,3 +134,51 @@ def test_recreate_for_compile_delegate(loader, tmp_path):
     again = fn(*args, disable_dynamic=True)
     assert type(again).__name__ == "ModelPatcher"
     assert again.model.diffusion_model.blocks[0].self_attn.q.wan_nvfp4_lora_mode == "merge"
+
+
+@pytest.mark.parametrize("name", MISREAD)
+def test_reference_decides_the_undecidable_file(loader, tmp_path, name):
+    """The Advanced loader's reference input: the same model in bf16 decides the conventions at load."""
+    fx = FIXTURES[name]()
+    reference = FIXTURES["bf16"](variant=fx.variant).write(tmp_path / "reference")
+    options = loader.LoaderOptions(reference_path=str(reference))
+    _, err = _load_and_compare(loader, fx, tmp_path, options)
+    assert err <= MAX_REL_ERR, f"{name}: relative error {err:.3g} with the reference's decision"
+
+
+def test_unrelated_reference_is_refused(loader, tmp_path):
+    from wan_nvfp4.checkpoint import CheckpointError
+
+    fx = FIXTURES["modelopt_nvfp4_stripped"]()
+    path = fx.write(tmp_path)
+    unrelated = FIXTURES["bf16"](variant=fx.variant, seed=7).write(tmp_path / "unrelated")
+    with pytest.raises(CheckpointError, match="reference could not decide") as e:
+        loader.load_wan_model(path, loader.LoaderOptions(reference_path=str(unrelated)))
+    assert path.name in str(e.value)
+
+
+def test_comfyui_native_path_uses_comfyui_ops(loader, tmp_path):
+    """kernel_path comfyui-native hands a ComfyUI-native file to ComfyUI's own MixedPrecisionOps."""
+    from comfy.quant_ops import QuantizedTensor
+
+    from wan_nvfp4.nodes.linear import WanQuantLinear
+
+    fx = FIXTURES["comfy_nvfp4"]()
+    patcher, err = _load_and_compare(loader, fx, tmp_path, loader.LoaderOptions(kernel_path="comfyui-native"))
+    modules = list(patcher.model.diffusion_model.modules())
+    assert not any(isinstance(m, WanQuantLinear) for m in modules)
+    q = patcher.model.diffusion_model.blocks[0].self_attn.q.weight
+    assert isinstance(q, QuantizedTensor) and q._layout_cls == "TensorCoreNVFP4Layout"
+    assert err <= 5e-3, f"ComfyUI's own NVFP4 emulation vs oracle: {err:.3g}"
+
+
+@pytest.mark.parametrize(
+    "name", ["modelopt_nvfp4", "modelopt_comfy_single_file", "fp8_scale_weight_no_marker"]
+)
+def test_comfyui_native_path_refuses_files_comfyui_misreads(loader, tmp_path, name):
+    from wan_nvfp4.checkpoint import CheckpointError
+
+    path = FIXTURES[name]().write(tmp_path)
+    with pytest.raises(CheckpointError, match="native path cannot read this file correctly") as e:
+        loader.load_wan_model(path, loader.LoaderOptions(kernel_path="comfyui-native"))
+    assert path.name in str(e.value) and "repair" in str(e.value)
