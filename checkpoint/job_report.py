@@ -104,9 +104,10 @@ class JobReport:
         lines = [f"{self.job}: {self.source} -> {self.destination}"]
         lines += [f"  {k}: {v}" for k, v in self.options.items()]
         lines.append("")
-        lines.append(
-            f"{'layer':<{width}}  {'action':<9}  {'format':<14}  {'shape':<13}  {'SQNR dB':>8}  note"
-        )
+        if rows:
+            lines.append(
+                f"{'layer':<{width}}  {'action':<9}  {'format':<14}  {'shape':<13}  {'SQNR dB':>8}  note"
+            )
         for r in rows:
             shape = "x".join(str(d) for d in r.shape)
             db = "-" if r.sqnr_db is None else format_db(r.sqnr_db)
@@ -114,7 +115,8 @@ class JobReport:
                 f"{r.name:<{width}}  {r.action:<9}  {r.output_format:<14}  {shape:<13}  {db:>8}  {r.reason}"
             )
         if max_rows is not None and len(self.layers) > max_rows:
-            lines.append(f"... {len(self.layers) - max_rows} more layers (see the JSON report)")
+            more = "more " if rows else ""
+            lines.append(f"... {len(self.layers) - max_rows} {more}layers (see the JSON report)")
         s = self.summary()
         lines.append("")
         lines.append("layers: " + ", ".join(f"{n} {a}" for a, n in s["layers"].items()))

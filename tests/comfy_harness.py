@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import torch
+
 from wan_nvfp4.checkpoint.fixtures import TINY_VARIANTS
 from wan_nvfp4.kernels import HIGH_FIRST, LINEAR
 

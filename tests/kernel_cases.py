@@ -14,6 +14,7 @@ import os
 from dataclasses import replace
 
 import torch
+
 from wan_nvfp4 import kernels as K
 
 # WAN Linear shapes (N, K) scaled down by 16: 14B (5120, 13824) and 5B (3072, 14336) dims. N = 192, 320,

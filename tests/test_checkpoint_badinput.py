@@ -13,6 +13,7 @@ import sys
 import pytest
 import torch
 from safetensors.torch import save_file
+
 from wan_nvfp4.checkpoint import (
     CheckpointError,
     PickleCheckpointError,

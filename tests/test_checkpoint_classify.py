@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+
 from wan_nvfp4.checkpoint import StateDictSource, classify_checkpoint
 from wan_nvfp4.checkpoint import fixtures as F
 from wan_nvfp4.checkpoint.errors import CheckpointError

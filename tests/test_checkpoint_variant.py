@@ -6,6 +6,7 @@ independently of the detector's tables.
 
 import pytest
 import torch
+
 from wan_nvfp4.checkpoint import StateDictSource, classify_checkpoint, detect_variant
 from wan_nvfp4.checkpoint import fixtures as F
 

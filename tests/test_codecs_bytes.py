@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from wan_nvfp4 import kernels as K
 
 # FORMATS.md §2 table, written out by hand

@@ -9,6 +9,7 @@ import warnings
 
 import pytest
 import torch
+
 from wan_nvfp4 import kernels as K
 
 ck = pytest.importorskip("comfy_kitchen")

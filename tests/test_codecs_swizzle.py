@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from wan_nvfp4 import kernels as K
 
 # (rows, cols) of logical scale matrices: odd, tile-aligned and WAN-like

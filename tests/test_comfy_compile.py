@@ -4,6 +4,7 @@ with and without an exact on-the-fly LoRA; and interrupts reach the pack's Linea
 import pytest
 import torch
 from safetensors.torch import save_file
+
 from wan_nvfp4.checkpoint.fixtures import FIXTURES
 
 from . import comfy_harness as H

@@ -7,6 +7,7 @@ import pickle
 import pytest
 import torch
 from safetensors.torch import save_file
+
 from wan_nvfp4.checkpoint.fixtures import FIXTURES
 
 from . import comfy_harness as H

@@ -15,6 +15,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+
 from wan_nvfp4.checkpoint.fixtures import FIXTURES
 
 pytestmark = [pytest.mark.comfyui, pytest.mark.slow]

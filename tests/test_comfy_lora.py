@@ -8,6 +8,7 @@ bytes exactly; ComfyUI's lowvram (offloaded, weight-function) path gives the sam
 import pytest
 import torch
 from safetensors.torch import save_file
+
 from wan_nvfp4.checkpoint.fixtures import FIXTURES
 
 from . import comfy_harness as H

@@ -3,6 +3,7 @@ fixture (COMFYUI_PATH): load natively (output matches the oracle), refuse with a
 another error, or load silently with wrong output."""
 
 import pytest
+
 from wan_nvfp4.checkpoint import inspect_checkpoint
 from wan_nvfp4.checkpoint.fixtures import FIXTURES
 from wan_nvfp4.checkpoint.verdicts import (

@@ -4,6 +4,7 @@ and the "WAN Quantize Checkpoint" node writes into diffusion_models and drives t
 
 import pytest
 import torch
+
 from wan_nvfp4.checkpoint.classify import classify_checkpoint
 from wan_nvfp4.checkpoint.convert import ConvertOptions, convert_checkpoint
 from wan_nvfp4.checkpoint.fixtures import FIXTURES

@@ -1,6 +1,7 @@
 """WAN preset: which Linears a conversion quantizes (names from FORMATS.md §7.1), with reasons."""
 
 import pytest
+
 from wan_nvfp4.checkpoint.presets import LayerSelector, PresetOptions
 
 BLOCK_LINEARS = [

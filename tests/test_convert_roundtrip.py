@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+
 from wan_nvfp4.checkpoint.classify import classify_checkpoint
 from wan_nvfp4.checkpoint.convert import ConvertOptions, convert_checkpoint
 from wan_nvfp4.checkpoint.errors import CheckpointError

@@ -8,6 +8,7 @@ import textwrap
 
 import pytest
 import torch
+
 from wan_nvfp4.checkpoint import quantize_layer as ql
 from wan_nvfp4.checkpoint.convert import convert_checkpoint
 from wan_nvfp4.checkpoint.fixtures import FIXTURES

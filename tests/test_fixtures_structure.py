@@ -10,6 +10,7 @@ import warnings
 
 import pytest
 import torch
+
 from wan_nvfp4.checkpoint import fixtures as F
 from wan_nvfp4.checkpoint.layers import FLOAT, FP8, FP8_SCALED, NVFP4
 from wan_nvfp4.checkpoint.safetensors_io import SafetensorsFile

@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 from safetensors.torch import save_file
+
 from wan_nvfp4.checkpoint import fixtures as F
 from wan_nvfp4.checkpoint import inspect_checkpoint
 from wan_nvfp4.checkpoint.verdicts import (

@@ -5,6 +5,7 @@ import sys
 
 import pytest
 import torch
+
 from wan_nvfp4.bench import linear as bench
 from wan_nvfp4.bench.timing import render_table
 

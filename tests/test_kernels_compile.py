@@ -7,6 +7,7 @@ choice, traced as Python) stay inside one graph.
 import pytest
 import torch
 import torch.nn.functional as F
+
 from wan_nvfp4 import kernels as K
 from wan_nvfp4.kernels import ops
 from wan_nvfp4.kernels.options import KernelOptions

@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+
 from wan_nvfp4 import kernels as K
 from wan_nvfp4.kernels import capabilities, ops
 from wan_nvfp4.kernels.dispatch import FUSED_MAX_M, NVFP4

@@ -5,6 +5,7 @@ import logging
 
 import pytest
 import torch
+
 from wan_nvfp4.kernels import capabilities, dispatch
 from wan_nvfp4.kernels.capabilities import DeviceCaps
 from wan_nvfp4.kernels.dispatch import (

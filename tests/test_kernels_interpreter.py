@@ -9,6 +9,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+
 from wan_nvfp4 import kernels as K
 from wan_nvfp4.tests import kernel_cases as C
 

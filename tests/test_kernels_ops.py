@@ -6,6 +6,7 @@ from dataclasses import replace
 import pytest
 import torch
 import torch.nn.functional as F
+
 from wan_nvfp4 import kernels as K
 from wan_nvfp4.kernels import custom_ops, fp8_scaled_mm, ops, torch_paths
 from wan_nvfp4.kernels.dispatch import PathUnavailableError

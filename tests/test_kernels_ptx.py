@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
 from wan_nvfp4.kernels import capabilities
 
 triton = pytest.importorskip("triton")

@@ -4,6 +4,7 @@ a bf16 or scaled-FP8 copy of the same model, and says "inconclusive" for an unre
 import json
 
 import pytest
+
 from wan_nvfp4.checkpoint.fixtures import FIXTURES
 from wan_nvfp4.checkpoint.layers import NVFP4
 from wan_nvfp4.checkpoint.reference_match import (

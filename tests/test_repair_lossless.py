@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+
 from wan_nvfp4.checkpoint.classify import classify_checkpoint
 from wan_nvfp4.checkpoint.errors import CheckpointError
 from wan_nvfp4.checkpoint.fixtures import FIXTURES

@@ -8,6 +8,7 @@ import textwrap
 import pytest
 import torch
 from safetensors import safe_open
+
 from wan_nvfp4.checkpoint.errors import CheckpointError
 from wan_nvfp4.checkpoint.safetensors_io import read_header
 from wan_nvfp4.checkpoint.writer import (
