@@ -172,6 +172,11 @@ class WanQuantLinear(comfy.ops.manual_cast.Linear):
         if own_lowvram:
             w = with_orig_dtype(w, x.dtype).dequantize() if is_ours(w) else w.to(x.dtype)
             w = lowvram_fn(w)
+            # ComfyUI clears patches prefetched into its transient cast buffer after use; we hid the function
+            # from it during the cast, so clear here (a later resident step must not read a reused buffer).
+            clear = getattr(lowvram_fn, "clear_prepared", None)
+            if clear is not None:
+                clear()
         if is_ours(w):
             y = self._kernel_linear(x, w, bias)
         else:
