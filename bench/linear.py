@@ -7,8 +7,9 @@
 
 Per shape it prints: a table of times (ms) and ratios (path / bf16 F.linear; < 1 is faster) for our
 Triton dequant + cuBLAS, our fused kernel, our torch path and comfy-kitchen's dequantize + F.linear (what
-ComfyUI runs on GPUs without native NVFP4), plus the path `auto` picks; the relative error of each path
-against the fp32 reference; the peak extra memory at the largest M; the NVFP4 dequant's bandwidth against a
+ComfyUI runs for NVFP4 on GPUs without native NVFP4, and for FP8 below sm_89), plus the path `auto` picks;
+the relative error of each path against the exact reference (float64); the peak extra memory at the
+largest M; the NVFP4 dequant's bandwidth against a
 device-to-device copy of the same bytes; and, with --fp8, the FP8 paths including the opt-in
 `fp8-scaled-mm` with its error. Timings: Triton's do_bench (median, L2 flushed before each run).
 """
@@ -21,9 +22,8 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
-from ..kernels import NVFP4Weight, dispatch, ops, quantize_fp8, quantize_nvfp4
+from ..kernels import NVFP4Weight, dequantize, dispatch, ops, quantize_fp8, quantize_nvfp4
 from ..kernels.options import KernelOptions
-from ..kernels.reference import linear_reference
 from .timing import environment, peak_extra_mb, render_table, time_ms
 
 
@@ -48,7 +48,7 @@ QUICK_M = (1, 16, 64, 4096)
 CPU_SHAPES = (Shape("tiny", 256, 256), Shape("tiny ffn", 768, 256))
 CPU_M = (1, 16, 64)
 CROSSOVER_M = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256)
-ERROR_M = 16  # M at which each path's error against the fp32 reference is reported
+ERROR_M = 16  # M at which each path's error against the exact reference is reported
 
 NVFP4_PATHS = ("triton-dequant", "triton-fused", "torch")
 FP8_PATHS = ("triton-dequant", "triton-fused", "torch", "fp8-scaled-mm")
@@ -120,6 +120,13 @@ def comfy_kitchen_linear(x, w, bias, backend: str) -> torch.Tensor:
     return F.linear(x, comfy_kitchen_dequantize(w, x.dtype, backend), bias)
 
 
+FP8_BASELINE_NOTE = (
+    "comfy-kitchen column (FP8): dequantize + F.linear, what ComfyUI runs for FP8 below sm_89 or with "
+    "full_precision_matrix_mult; on sm_89+ ComfyUI quantizes the activations to FP8 and runs "
+    "torch._scaled_mm instead (lossy, like fp8-scaled-mm)"
+)
+
+
 # ---- one shape ----------------------------------------------------------------------------------------
 
 
@@ -137,8 +144,13 @@ def _runner(path: str | None, x, weight, bias, ck_backend):
     return partial(ops.linear, x, weight, bias, path)
 
 
+def _exact(x, weight, bias) -> torch.Tensor:
+    """`x @ W.T + bias` in float64 with W dequantized exactly (an fp32 matmul on a GPU may run in TF32)."""
+    return F.linear(x.double(), dequantize(weight, torch.float32).double(), bias.double())
+
+
 def _rel_error(out: torch.Tensor, exact: torch.Tensor) -> float:
-    return ((out.float() - exact).norm() / exact.norm()).item()
+    return ((out.double() - exact).norm() / exact.norm()).item()
 
 
 def _auto_cell(x, weight, fmt: str) -> str:
@@ -176,7 +188,7 @@ def bench_shape(shape: Shape, weight, w_bf16, ms, device, args, ck_backend, path
             cells.append(f"{t:.3f} ({t / base:.2f}x)")
         rows.append([*cells, _auto_cell(x, weight, fmt)])
         if m == error_m:
-            exact = linear_reference(x.float(), weight, bias.float())
+            exact = _exact(x, weight, bias)
             errors = {label: _rel_error(run(), exact) for label, run in runners.items()}
         if m == max(ms):
             memory = {label: peak_extra_mb(run, device) for label, run in runners.items()}
@@ -184,10 +196,12 @@ def bench_shape(shape: Shape, weight, w_bf16, ms, device, args, ck_backend, path
     lines = [
         f"{fmt.upper()} {shape.label}: N={shape.n} K={shape.k} (ms, ratio to bf16 F.linear: < 1 is faster)",
         render_table(header, rows, args.markdown),
-        f"relative error vs the fp32 reference at M={error_m} (bf16 F.linear uses the unquantized weight): "
+        f"relative error vs the exact reference at M={error_m} (bf16 F.linear uses the unquantized weight): "
         + ", ".join(f"{k} {v:.2e}" for k, v in errors.items()),
     ]
     lines += [f"n/a: {label}: {why}" for label, why in unavailable.items()]
+    if fmt == dispatch.FP8 and any(path is None for _, path in cols):
+        lines.append(FP8_BASELINE_NOTE)
     if any(v is not None for v in memory.values()):
         mem = ", ".join(f"{k} {v:.0f} MB" for k, v in memory.items())
         lines.append(f"peak memory above the inputs (output included) at M={max(ms)}: {mem}")
@@ -241,6 +255,12 @@ def _fused_over_dequant(w, m: int, device, args) -> float:
 
 def bench_crossover(shapes_and_weights, device, args, fmt) -> str:
     """Time ratio fused / dequant+cuBLAS over small M, and the largest M up to which fused always wins."""
+    title = f"{fmt.upper()} fused / dequant+cuBLAS time by M (< 1: fused faster)"
+    probe = torch.empty(1, shapes_and_weights[0][1].shape[1], device=device, dtype=torch.bfloat16)
+    for path in (dispatch.TRITON_FUSED, dispatch.TRITON_DEQUANT):
+        problem = ops.path_problem(probe, shapes_and_weights[0][1], path)
+        if problem:
+            return f"{title}: n/a, {path}: {problem}"
     header = ["NxK", *[str(m) for m in CROSSOVER_M], "fused wins up to M"]
     rows, limits = [], []
     for shape, w in shapes_and_weights:
@@ -254,7 +274,7 @@ def bench_crossover(shapes_and_weights, device, args, fmt) -> str:
         rows.append([f"{shape.n}x{shape.k}", *[f"{r:.2f}" for r in ratios], str(wins)])
     return "\n".join(
         [
-            f"{fmt.upper()} fused / dequant+cuBLAS time by M (< 1: fused faster)",
+            title,
             render_table(header, rows, args.markdown),
             f"measured crossover: set dispatch.FUSED_MAX_M[{fmt!r}] = {min(limits)} "
             f"(provisional value now: {dispatch.FUSED_MAX_M[fmt]})",

@@ -128,13 +128,24 @@ def _check_override(value: str | None, allowed, what: str, path) -> None:
         raise CheckpointError(path, f"unknown {what} override", None, " or ".join(allowed), repr(value))
 
 
-def _comfy_quant(source, raw: RawLayer) -> dict:
-    """A layer's `.comfy_quant` config (UTF-8 JSON in a small uint8 tensor); {} when unreadable."""
+def _json_tensor(source, key: str) -> dict:
+    """A small uint8 tensor of UTF-8 JSON (`.comfy_quant`, `.wan_nvfp4_conventions`); {} when unreadable."""
     try:
-        config = json.loads(bytes(source.tensor(raw.tensors["comfy_quant"]).tolist()).decode("utf-8"))
+        config = json.loads(bytes(source.tensor(key).reshape(-1).tolist()).decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, TypeError, ValueError):
         return {}
     return config if isinstance(config, dict) else {}
+
+
+def _comfy_quant(source, raw: RawLayer) -> dict:
+    return _json_tensor(source, raw.tensors["comfy_quant"])
+
+
+def _stated(source, raw: RawLayer) -> tuple[str | None, str | None]:
+    """(nibble_order, scale_layout) a layer's `wan_nvfp4_conventions` tensor states (None: not stated)."""
+    conf = _json_tensor(source, raw.tensors["conventions"]) if "conventions" in raw.tensors else {}
+    nibble, layout = conf.get("nibble_order"), conf.get("scale_layout")
+    return (nibble if nibble in NIBBLE_ORDERS else None), (layout if layout in SCALE_LAYOUTS else None)
 
 
 def _gather_evidence(
@@ -208,8 +219,11 @@ def _spec(source, raw: RawLayer, ev: FileEvidence, nibble_order, scale_layout, o
     }
     if raw.format == NVFP4:
         lightx2v = bool({"alpha", "input_global_scale"} & raw.tensors.keys())
-        nibble = decide_nibble_order(ev, lightx2v, nibble_order, override_reason)
-        layout = decide_scale_layout(ev, raw.shape_layout, lightx2v, scale_layout, override_reason)
+        stated_nibble, stated_layout = _stated(source, raw)
+        nibble = decide_nibble_order(ev, lightx2v, nibble_order, override_reason, stated_nibble)
+        layout = decide_scale_layout(
+            ev, raw.shape_layout, lightx2v, scale_layout, override_reason, stated_layout
+        )
         evidence = (
             f"nibble order {nibble.value}: {nibble.reason}; scale layout {layout.value}: {layout.reason}"
         )
@@ -352,7 +366,8 @@ def _summary(
     lightx2v = any({"alpha", "input_global_scale"} & s.tensors.keys() for s in layers.values())
     scale_weight = any(s.tensors.get("scale", "").endswith(".scale_weight") for s in layers.values())
     quantized = any(s.is_quantized for s in layers.values())
-    provenance = provenance_summary(ev, lightx2v, scale_weight and not ev.legacy_marker, quantized)
+    stated = any("conventions" in s.tensors for s in layers.values())
+    provenance = provenance_summary(ev, lightx2v, scale_weight and not ev.legacy_marker, quantized, stated)
     lines = (
         f"ComfyUI metadata: {ev.comfy_where}" if ev.comfy else "",
         f"ModelOpt producer: {ev.modelopt_where}" if ev.modelopt else "",

@@ -161,7 +161,7 @@ def plan_conversion(source, info, options: ConvertOptions) -> ConversionPlan:
     notes = []
     dropped_roles = sorted(
         {role for job in jobs if job.action != "copied" for role in job.spec.tensors}
-        - {"weight", "bias", "block_scale", "global_scale", "scale", "comfy_quant"}
+        - {"weight", "bias", "block_scale", "global_scale", "scale", "comfy_quant", "conventions"}
     )
     if dropped_roles:
         notes.append(f"source tensors not carried into re-quantized layers: {', '.join(dropped_roles)}")

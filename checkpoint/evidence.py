@@ -3,8 +3,10 @@
 Evidence, strongest first (FORMATS.md §5): a caller override; a scale shape that only one layout can have
 (WAN's `head.head`, N = 64 or 192, decides the layout for the whole file); LightX2V keys; a ModelOpt producer
 (header `quantization_config` or a `hf_quant_config.json` beside the file); ComfyUI metadata
-(`_quantization_metadata` or `.comfy_quant`). With none of them the tensors cannot tell, and the layer is read
-in ComfyUI's convention (what comfy-kitchen-based converters write) and marked `assumed`.
+(`_quantization_metadata` or `.comfy_quant`). A layer's own `wan_nvfp4_conventions` tensor (what ComfyUI saves
+for a layer this pack loaded) ranks right after the override (after the shape for the layout). With none of
+them the tensors cannot tell, and the layer is read in ComfyUI's convention (what comfy-kitchen-based
+converters write) and marked `assumed`.
 """
 
 import json
@@ -59,7 +61,8 @@ class FileEvidence:
 
 
 def _is_modelopt(config) -> bool:
-    return isinstance(config, dict) and (config.get("producer") or {}).get("name") == MODELOPT_PRODUCER
+    producer = config.get("producer") if isinstance(config, dict) else None
+    return isinstance(producer, dict) and producer.get("name") == MODELOPT_PRODUCER
 
 
 def parse_comfy_header(metadata: dict, prefix: str) -> tuple[dict[str, dict] | None, list[Problem]]:
@@ -137,11 +140,20 @@ def layout_from_shape(out_features: int, in_features: int, scale_shape: tuple[in
     return None
 
 
+STATED_REASON = "the layer's wan_nvfp4_conventions tensor (ComfyUI saved a model this pack had loaded)"
+
+
 def decide_nibble_order(
-    ev: FileEvidence, lightx2v: bool, override: str | None, override_reason: str = "caller override"
+    ev: FileEvidence,
+    lightx2v: bool,
+    override: str | None,
+    override_reason: str = "caller override",
+    stated: str | None = None,
 ) -> Decision:
     if override is not None:
         return Decision(override, override_reason)
+    if stated is not None:
+        return Decision(stated, STATED_REASON)
     if lightx2v:
         return Decision(LOW_FIRST, "LightX2V keys (alpha / input_global_scale): LightX2V packs low-first")
     if ev.modelopt:
@@ -168,11 +180,14 @@ def decide_scale_layout(
     lightx2v: bool,
     override: str | None,
     override_reason: str = "caller override",
+    stated: str | None = None,
 ) -> Decision:
     if override is not None:
         return Decision(override, override_reason)
     if own_shape is not None:
         return Decision(own_shape, "this layer's block-scale shape fits only this layout")
+    if stated is not None:
+        return Decision(stated, STATED_REASON)
     if ev.shape_layout is not None:
         return ev.shape_layout
     if ev.modelopt and ev.comfy:
@@ -220,7 +235,9 @@ def file_shape_layout(decisive: dict[str, str]) -> tuple[Decision | None, list[P
     return Decision(layout, reason), []
 
 
-def provenance_summary(ev: FileEvidence, lightx2v: bool, kijai: bool, quantized: bool) -> str:
+def provenance_summary(
+    ev: FileEvidence, lightx2v: bool, kijai: bool, quantized: bool, stated: bool = False
+) -> str:
     """One line naming where the file comes from, from its evidence."""
     parts = []
     if ev.modelopt and ev.comfy:
@@ -237,6 +254,8 @@ def provenance_summary(ev: FileEvidence, lightx2v: bool, kijai: bool, quantized:
         parts.append("legacy ComfyUI scaled_fp8 marker")
     if kijai:
         parts.append("Kijai-style .scale_weight without scaled_fp8 marker")
+    if stated:
+        parts.append("saved by ComfyUI from a model this pack loaded (per-layer wan_nvfp4_conventions)")
     if not parts:
         parts.append("no provenance metadata (third-party converter?)" if quantized else "unquantized")
     return " + ".join(parts)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from .evidence import layout_from_shape
-from .layers import FLOAT, FP8, FP8_SCALED, NVFP4
+from .layers import CONVENTIONS_SUFFIX, FLOAT, FP8, FP8_SCALED, NVFP4
 from .problems import ERROR, WARNING, Problem
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -31,6 +31,7 @@ SUFFIX_ROLES = {
     "input_global_scale": "input_global_scale",
     "comfy_quant": "comfy_quant",
     "pre_quant_scale": "pre_quant_scale",
+    CONVENTIONS_SUFFIX: "conventions",
 }
 # roles each format uses; anything else attached to the layer is an extra tensor
 FORMAT_ROLES = {
@@ -44,6 +45,7 @@ FORMAT_ROLES = {
         "input_global_scale",
         "comfy_quant",
         "pre_quant_scale",
+        "conventions",
     },
     FP8_SCALED: {"weight", "bias", "scale", "input_scale", "scale_input", "comfy_quant"},
     FP8: {"weight", "bias", "input_scale", "scale_input", "comfy_quant"},

@@ -28,7 +28,10 @@ TENSOR_ROLES = {
     "input_global_scale": "LightX2V `input_global_scale` (= 1 / input_scale)",
     "comfy_quant": "ComfyUI per-layer quantization config (uint8 JSON)",
     "pre_quant_scale": "AWQ pre-quantization scale",
+    "conventions": "this pack's per-layer nvfp4 conventions (uint8 JSON `nibble_order`, `scale_layout`): "
+    "what ComfyUI saves for a layer the pack loaded in a convention ComfyUI does not read",
 }
+CONVENTIONS_SUFFIX = "wan_nvfp4_conventions"  # `<layer>.wan_nvfp4_conventions`, the `conventions` role
 
 
 @dataclass(frozen=True)

@@ -70,7 +70,11 @@ class LayerSelector:
             raise ValueError("keep_first_blocks / keep_last_blocks must be >= 0")
         self.options = options
         self.rules = [(re.compile(p), why) for p, why in PRESETS[options.preset]]
-        self.rules += [(re.compile(p), f"matches --keep {p}") for p in options.keep]
+        for pattern in options.keep:
+            try:
+                self.rules.append((re.compile(pattern), f"matches --keep {pattern}"))
+            except re.error as e:
+                raise ValueError(f"--keep {pattern!r} is not a valid regular expression ({e})") from e
         indices = [int(m.group(1)) for n in layer_names if (m := BLOCK_INDEX.match(n))]
         self.num_blocks = max(indices) + 1 if indices else 0
 

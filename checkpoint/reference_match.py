@@ -8,6 +8,7 @@ Otherwise the answer is "inconclusive" (for example an unrelated reference: ever
 """
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -180,6 +181,8 @@ def reference_rows(spec: LayerSpec, source, rows: torch.Tensor) -> torch.Tensor:
         scale = source.tensor(spec.tensors["scale"]).float()
         scale = scale.reshape(()) if scale.numel() == 1 else scale.reshape(-1)[rows].reshape(-1, 1)
         return data * scale
+    if spec.format == NVFP4:  # only the sampled rows, in the reference's own conventions
+        return candidate_rows(spec, source, rows, spec.nibble_order, spec.scale_layout)
     return dequantize(build_weight(spec, source.tensor, getattr(source, "path", None)))[rows]
 
 
@@ -199,12 +202,13 @@ def _match_layer(spec, source, ref_spec, reference, max_rows, margin_db, min_sqn
     for order, layout in CANDIDATES:
         got = candidate_rows(spec, source, rows, order, layout)
         sqnr[(order, layout)] = None if got is None else sqnr_db(ref, got)
-    ranked = sorted((v, c) for c, v in sqnr.items() if v is not None)
+    # NaN (NaN scales or weights) ranks nowhere; two exact candidates (inf, inf) are a tie, not a margin
+    ranked = sorted((v, c) for c, v in sqnr.items() if v is not None and not math.isnan(v))
     m = LayerMatch(spec.name, (n, spec.in_features), len(rows), sqnr)
     if ranked:
         best_db, m.best = ranked[-1]
         second = ranked[-2][0] if len(ranked) > 1 else float("-inf")
-        m.margin_db = min(best_db - second, 1e9)
+        m.margin_db = 0.0 if best_db == second else min(best_db - second, 1e9)
         m.decided = best_db >= min_sqnr_db and m.margin_db >= margin_db
     return m
 
@@ -277,7 +281,7 @@ def _verdict(layers: list[LayerMatch], nvfp4_count: int, margin_db: float, min_s
         return False, "the file has no NVFP4 layers", None
     if not layers:
         return False, "no NVFP4 layer of the file has a same-named, same-shaped layer in the reference", None
-    weak = [m.name for m in layers if m.best is None or m.sqnr[m.best] < min_sqnr_db]
+    weak = [m.name for m in layers if m.best is None or not m.sqnr[m.best] >= min_sqnr_db]
     if weak:
         return (
             False,
@@ -288,7 +292,7 @@ def _verdict(layers: list[LayerMatch], nvfp4_count: int, margin_db: float, min_s
             ),
             None,
         )
-    close = [m.name for m in layers if m.margin_db < margin_db]
+    close = [m.name for m in layers if not m.margin_db >= margin_db]
     if close:
         return (
             False,

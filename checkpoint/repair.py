@@ -94,6 +94,13 @@ def _nvfp4_outputs(spec: LayerSpec) -> dict[str, PlannedTensor]:
     return plan
 
 
+def _legacy_input_scale_kept(spec: LayerSpec, source) -> bool:
+    """A legacy `scale_input` becomes `input_scale` unless it is the 1.0 placeholder ComfyUI drops (a static
+    activation scale of 1.0 would make fp8-capable GPUs quantize activations with it)."""
+    key = spec.tensors.get("scale_input")
+    return key is not None and source.tensor(key).float().reshape(-1).tolist() != [1.0]
+
+
 def _plan_job(spec: LayerSpec, source, options: RepairOptions) -> RepairJob:
     n, k = spec.out_features, spec.in_features
     weight_key = spec.tensors.get("weight")
@@ -114,7 +121,7 @@ def _plan_job(spec: LayerSpec, source, options: RepairOptions) -> RepairJob:
             "weight": _planned(spec.key + ".weight", spec.weight_dtype, (n, k)),
             "scale": _planned(spec.key + SUFFIXES["scale"], torch.float32, ()),
         }
-        if "input_scale" in spec.tensors or "scale_input" in spec.tensors:
+        if "input_scale" in spec.tensors or _legacy_input_scale_kept(spec, source):
             outputs["input_scale"] = _planned(spec.key + SUFFIXES["input_scale"], torch.float32, ())
         names = ", ".join(Path(spec.tensors[r]).suffix for r in ("scale",) if r in spec.tensors)
         return RepairJob(
@@ -336,7 +343,7 @@ def repair_checkpoint(
 
         match = decide_conventions(source, reference)
         notes.append(match.summary_line())
-        if not match.decided:
+        if not match.decided and match.file_conventions:  # (no NVFP4 layer: nothing to decide)
             raise CheckpointError(
                 src,
                 "the reference comparison did not decide the NVFP4 conventions",
@@ -345,8 +352,9 @@ def repair_checkpoint(
                 hint="Check that the reference is the same model, or pass --nibble-order and --scale-layout",
                 kind="file",
             )
-        nibble_order = nibble_order or match.nibble_order
-        scale_layout = scale_layout or match.scale_layout
+        if match.decided:
+            nibble_order = nibble_order or match.nibble_order
+            scale_layout = scale_layout or match.scale_layout
     info = classify_checkpoint(source, nibble_order=nibble_order, scale_layout=scale_layout)
     jobs, passthrough, dropped, metadata = plan_repair(source, info, options)
     assumed = [j.spec for j in jobs if j.spec.format == NVFP4 and j.spec.assumed]

@@ -183,15 +183,16 @@ def read_header(path: str | Path) -> tuple[dict[str, TensorEntry], dict[str, str
 
 
 class SafetensorsFile:
-    """Header-only view of a safetensors file; `tensor(name)` maps the bytes lazily (no read of the file).
+    """Header-only view of a safetensors file; `tensor(name)` maps that tensor's bytes lazily (no read).
 
-    The mmap is copy-on-write: a caller that writes to a returned tensor never touches the file.
+    Each tensor gets its own copy-on-write mapping of just its byte range: a caller that writes to a returned
+    tensor never touches the file, the pages go when the tensor does, and a file larger than RAM + swap can be
+    read (one private mapping of the whole file would be refused by the kernel's overcommit check).
     """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.entries, self.metadata, self.file_size = read_header(self.path)
-        self._mmap: mmap.mmap | None = None
 
     def __enter__(self) -> "SafetensorsFile":
         return self
@@ -200,8 +201,7 @@ class SafetensorsFile:
         self.close()
 
     def close(self) -> None:
-        # Tensors already handed out keep the mapping alive through their storage.
-        self._mmap = None
+        """Nothing to release: each tensor handed out owns its mapping."""
 
     def keys(self):
         return self.entries.keys()
@@ -218,26 +218,31 @@ class SafetensorsFile:
     def dtype(self, name: str) -> torch.dtype:
         return self.entries[name].dtype
 
-    def _map(self) -> mmap.mmap:
-        if self._mmap is None:
+    def _map(self, entry: TensorEntry) -> tuple[mmap.mmap, int]:
+        """A private mapping of the pages holding `entry`, and the tensor's offset inside it."""
+        start = entry.start - entry.start % mmap.ALLOCATIONGRANULARITY
+        try:
             fd = os.open(self.path, os.O_RDONLY)
             try:
-                if self.file_size == 0:
-                    raise CheckpointError(self.path, "file is empty")
-                self._mmap = mmap.mmap(fd, 0, access=mmap.ACCESS_COPY)
+                mapped = mmap.mmap(fd, entry.end - start, access=mmap.ACCESS_COPY, offset=start)
             finally:
                 os.close(fd)
-        return self._mmap
+        except OSError as e:
+            raise CheckpointError(
+                self.path, f"cannot map the tensor's bytes ({e.strerror or e})", entry.name, kind="tensor"
+            ) from e
+        return mapped, entry.start - start
 
     def tensor(self, name: str) -> torch.Tensor:
-        """The tensor `name`, backed by the mmap when its offset is aligned (copied otherwise)."""
+        """The tensor `name`, backed by its own mapping when its offset is aligned (copied otherwise)."""
         try:
             entry = self.entries[name]
         except KeyError:
             raise CheckpointError(self.path, "tensor not in file", name, kind="tensor") from None
         if entry.nbytes == 0:
             return torch.empty(entry.shape, dtype=entry.dtype)
-        raw = torch.frombuffer(self._map(), dtype=torch.uint8, count=entry.nbytes, offset=entry.start)
+        mapped, offset = self._map(entry)
+        raw = torch.frombuffer(mapped, dtype=torch.uint8, count=entry.nbytes, offset=offset)
         if entry.start % entry.dtype.itemsize:
             raw = raw.clone()
         return raw.view(entry.dtype).reshape(entry.shape)

@@ -28,6 +28,14 @@ MODEL_TYPE_MARKERS = (
     ("img_emb.proj.0.bias", "i2v"),
 )
 IMG_EMB_KEY = "img_emb.proj.0.bias"
+# key -> the rank `read_dims` needs (ComfyUI indexes these shapes the same way)
+MIN_RANKS = {
+    "head.modulation": 1,
+    "head.head.weight": 1,
+    "blocks.0.ffn.0.weight": 1,
+    "patch_embedding.weight": 2,
+    "img_emb.emb_pos": 2,
+}
 
 # ComfyUI supported_models WAN configs in list order: (class, required unet_config entries)
 COMFY_CONFIGS = (
@@ -315,6 +323,13 @@ def detect_variant(source, prefix: str = "", filename: str | None = None, metada
     if not all(prefix + k in keys for k in required):
         missing = [k for k in required if prefix + k not in keys]
         return WanVariant("unknown", False, evidence=f"missing WAN keys: {', '.join(missing)}")
+    odd = [
+        f"{k} {list(source.shape(prefix + k))}"
+        for k, rank in MIN_RANKS.items()
+        if prefix + k in keys and len(source.shape(prefix + k)) < rank
+    ]
+    if odd:
+        return WanVariant("unknown", False, evidence=f"WAN keys with unexpected shapes: {', '.join(odd)}")
     dims = read_dims(source, prefix)
     model_type = _model_type(keys, prefix)
     img_emb = prefix + IMG_EMB_KEY in keys

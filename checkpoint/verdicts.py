@@ -73,7 +73,7 @@ def comfy_view(source, prefix: str, layers: dict[str, LayerSpec]) -> ComfyView:
             listed = json.loads(raw).get("layers", {})
         except (json.JSONDecodeError, AttributeError):
             listed = {}
-        for stem, conf in listed.items():
+        for stem, conf in listed.items() if isinstance(listed, dict) else ():
             name = stem[len(prefix) :] if prefix and stem.startswith(prefix) else stem
             configs[name] = conf if isinstance(conf, dict) else {}
     legacy = raw is None and f"{prefix}scaled_fp8" in set(source.keys())
@@ -81,9 +81,10 @@ def comfy_view(source, prefix: str, layers: dict[str, LayerSpec]) -> ComfyView:
         key = spec.tensors.get("comfy_quant")
         if key is not None:
             try:
-                configs[name] = json.loads(bytes(source.tensor(key).tolist()).decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError, TypeError):
-                configs[name] = {}
+                conf = json.loads(bytes(source.tensor(key).reshape(-1).tolist()).decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError, TypeError, ValueError):
+                conf = {}
+            configs[name] = conf if isinstance(conf, dict) else {}  # ComfyUI fails on anything else
         if legacy and spec.tensors.get("scale", "").endswith(".scale_weight"):
             configs.setdefault(name, {"format": "float8_e4m3fn"})
     return ComfyView(configs, legacy)

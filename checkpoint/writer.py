@@ -84,6 +84,10 @@ def check_destination(dst: Path, protect: Iterable[Path] = (), overwrite: bool =
                 hint="The input is never overwritten; choose another output name",
                 kind="file",
             )
+    if dst.is_dir():
+        raise CheckpointError(
+            dst, "destination is a folder", expected="a file name", found="a folder", kind="file"
+        )
     if dst.exists() and not overwrite:
         raise CheckpointError(
             dst,
@@ -199,10 +203,42 @@ class StreamingSafetensorsWriter:
         for stale in stale_temp_files(self.dst):
             stale.unlink(missing_ok=True)
             self.removed_stale.append(stale)
+        self._check_free_space()
         self.tmp = temp_path_for(self.dst)
-        self._fd = os.open(self.tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-        _pwrite_all(self._fd, memoryview(self.header), 0)
-        os.ftruncate(self._fd, self.data_start + self.total_bytes)
+        with self._os_errors("cannot create the output"):
+            self._fd = os.open(self.tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+            _pwrite_all(self._fd, memoryview(self.header), 0)
+            os.ftruncate(self._fd, self.data_start + self.total_bytes)
+
+    def _check_free_space(self) -> None:
+        """Refuse before any work when the folder cannot hold the output (the temp file is sparse)."""
+        try:
+            st = os.statvfs(self.dst.parent)
+        except (OSError, AttributeError):
+            return
+        need, free = self.data_start + self.total_bytes, st.f_bavail * st.f_frsize
+        if free < need:
+            raise CheckpointError(
+                self.dst,
+                "not enough free space in the destination folder",
+                expected=f"{need / 1e9:.2f} GB free",
+                found=f"{free / 1e9:.2f} GB",
+                kind="file",
+            )
+
+    @contextlib.contextmanager
+    def _os_errors(self, what: str, tensor: str | None = None):
+        """An OSError (disk full, I/O error, permission) as a CheckpointError naming the destination."""
+        try:
+            yield
+        except OSError as e:
+            raise CheckpointError(
+                self.dst,
+                f"{what} ({e.strerror or e})",
+                tensor,
+                hint="Nothing was written at the destination; its temp file is removed",
+                kind="tensor" if tensor else "file",
+            ) from e
 
     def abort(self) -> None:
         """Close and delete the temp file (no-op after a successful commit)."""
@@ -229,7 +265,8 @@ class StreamingSafetensorsWriter:
                 f"got {tensor.dtype} {list(tensor.shape)}"
             )
         data = tensor_bytes(tensor) if planned.nbytes else memoryview(b"")
-        _pwrite_all(self._fd, data, self.data_start + self.offsets[name])
+        with self._os_errors("cannot write the output", name):
+            _pwrite_all(self._fd, data, self.data_start + self.offsets[name])
         self.checksums[name] = zlib.crc32(data)
 
     def missing(self) -> list[str]:
@@ -278,12 +315,14 @@ class StreamingSafetensorsWriter:
         if missing:
             raise RuntimeError(f"{len(missing)} planned tensors were never written, e.g. {missing[:3]}")
         assert self._fd is not None and self.tmp is not None
-        os.fsync(self._fd)
+        with self._os_errors("cannot write the output"):
+            os.fsync(self._fd)
         checked = self.verify()
         os.close(self._fd)
         self._fd = None
         check_destination(self.dst, self.protect, self.overwrite)
-        os.replace(self.tmp, self.dst)
+        with self._os_errors("cannot rename the finished output onto the destination"):
+            os.replace(self.tmp, self.dst)
         self.tmp = None
         _fsync_dir(self.dst.parent)
         return checked

@@ -24,7 +24,7 @@ def run_job(job: Callable[[], object], quiet: bool) -> int:
     """Run a writing job; print its report (exit 0) or the error naming file and layer (exit 2)."""
     try:
         report = job()
-    except (CheckpointError, ValueError) as e:
+    except (CheckpointError, ValueError, OSError) as e:  # OSError: e.g. the source vanished or is unreadable
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(report.to_text(max_rows=0 if quiet else None))

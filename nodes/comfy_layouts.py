@@ -13,6 +13,7 @@ writes the file's tensor names back. Dequantizing goes through the pack's kernel
 """
 
 import dataclasses
+import json
 from dataclasses import dataclass
 
 import comfy.float
@@ -20,6 +21,7 @@ import torch
 from comfy.quant_ops import QuantizedLayout, QuantizedTensor, register_layout_class
 from comfy_kitchen.tensor.base import BaseLayoutParams
 
+from ..checkpoint.layers import CONVENTIONS_SUFFIX
 from ..kernels import (
     HIGH_FIRST,
     LINEAR,
@@ -31,6 +33,7 @@ from ..kernels import (
     nvfp4_global_scale,
     quantize_nvfp4,
     swap_nibbles,
+    swizzled_shape,
 )
 from ..kernels import ops as kernel_ops
 from ..kernels.dispatch import AUTO
@@ -230,6 +233,33 @@ def quantized_weight(weight, orig_dtype: torch.dtype, dequant_path: str = AUTO) 
 def kernel_weight(qt: QuantizedTensor):
     """The kernels' view (NVFP4Weight / FP8Weight) of one of our QuantizedTensors, sharing its tensors."""
     return LAYOUTS[qt._layout_cls].kernel_weight(qt._qdata, qt._params)
+
+
+def saved_markers(qt: QuantizedTensor) -> dict[str, dict]:
+    """Per-layer marker tensors (suffix -> JSON) that `state_dict()` adds, so a model ComfyUI saves reads back
+    right: `comfy_quant` where vanilla ComfyUI reads the stored tensors correctly (as its own ops write it),
+    per-row FP8 as `float8_*_rowwise` (ComfyUI refuses it instead of dropping the scale), and NVFP4 in another
+    convention gets this pack's `wan_nvfp4_conventions` (vanilla ComfyUI refuses it: size mismatch)."""
+    p = qt._params
+    if qt._layout_cls == FP8_LAYOUT:
+        if not p.has_scale:
+            return {}  # plain fp8: ComfyUI upcasts it natively
+        fmt = "float8_e4m3fn" if qt._qdata.dtype == torch.float8_e4m3fn else "float8_e5m2"
+        return {"comfy_quant": {"format": fmt if p.scale.numel() == 1 else f"{fmt}_rowwise"}}
+    n, k = p.orig_shape
+    native = (
+        (p.nibble_order, p.scale_layout) == (HIGH_FIRST, SWIZZLED)
+        and qt._qdata.shape[0] % 16 == 0
+        and tuple(p.block_scale.shape) == swizzled_shape(n, k // 16)
+    )
+    if native:
+        return {"comfy_quant": {"format": "nvfp4"}}
+    return {CONVENTIONS_SUFFIX: {"nibble_order": p.nibble_order, "scale_layout": p.scale_layout}}
+
+
+def json_tensor(conf: dict) -> torch.Tensor:
+    """A marker tensor: the UTF-8 JSON bytes as 1-D uint8 (what ComfyUI writes for `comfy_quant`)."""
+    return torch.tensor(list(json.dumps(conf).encode("utf-8")), dtype=torch.uint8)
 
 
 def is_ours(weight) -> bool:

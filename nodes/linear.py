@@ -21,7 +21,14 @@ from ..checkpoint.layers import LayerSpec, build_weight
 from ..kernels import ops as kernel_ops
 from ..kernels.dispatch import weight_format
 from ..kernels.options import KernelOptions, PathLog
-from .comfy_layouts import is_ours, kernel_weight, quantized_weight, with_orig_dtype
+from .comfy_layouts import (
+    is_ours,
+    json_tensor,
+    kernel_weight,
+    quantized_weight,
+    saved_markers,
+    with_orig_dtype,
+)
 from .lora import EXACT, ExactLoraPatch, drop_superseded
 
 LORA_PATH = "dequant+lora"  # what the path log records for a forward with LoRA patches
@@ -98,12 +105,14 @@ class WanQuantLinear(comfy.ops.manual_cast.Linear):
             missing_keys.remove(weight_key)
 
     def state_dict(self, *args, destination=None, prefix="", keep_vars=False, **kwargs):
-        """The file's tensor names (`weight`, `weight_scale`, ...) and real sizes for ComfyUI's accounting."""
+        """The file's tensor names (`weight`, `weight_scale`, ...) and real sizes for ComfyUI's accounting,
+        plus the markers (`comfy_quant`, ...) that make a model saved by ComfyUI read back right."""
         sd = destination if destination is not None else {}
         if self.bias is not None:
             sd[prefix + "bias"] = self.bias
         if is_ours(self.weight):
             sd.update(self.weight.state_dict(prefix + "weight"))
+            sd.update({prefix + k: json_tensor(conf) for k, conf in saved_markers(self.weight).items()})
         elif self.weight is not None:
             sd[prefix + "weight"] = self.weight
         return sd

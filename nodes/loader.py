@@ -70,6 +70,8 @@ def _reference_overrides(path: Path, options: LoaderOptions) -> tuple[str | None
     if options.reference_path is None or (nibble and layout):
         return nibble, layout, "caller override"
     match = decide_conventions(str(path), options.reference_path)
+    if not match.file_conventions:  # no NVFP4 layer: nothing for the reference to decide
+        return nibble, layout, "caller override"
     if not match.decided:
         raise CheckpointError(
             path,
@@ -117,7 +119,7 @@ def _plan(path: Path, info, options: LoaderOptions) -> LoadPlan:
     )
 
 
-def _load_native(path: Path, info, options: LoaderOptions):
+def _load_native(path: Path, info, options: LoaderOptions, disable_dynamic: bool = False):
     """ComfyUI's own loader and MixedPrecisionOps, for files it reads correctly (cuBLAS FP4 on Blackwell)."""
     verdict = comfyui_verdict(
         comfy_view(info.source, info.prefix, info.layers), info.layers, info.variant.is_wan
@@ -133,7 +135,7 @@ def _load_native(path: Path, info, options: LoaderOptions):
         )
     dtype = COMPUTE_DTYPES[options.compute_dtype]
     patcher = comfy.sd.load_diffusion_model(
-        str(path), model_options={} if dtype is None else {"dtype": dtype}
+        str(path), model_options={} if dtype is None else {"dtype": dtype}, disable_dynamic=disable_dynamic
     )
     LOG.info("WAN NVFP4: %s: loaded by ComfyUI's native path (%s)", path.name, info.variant.id)
     return patcher
@@ -144,7 +146,7 @@ def load_wan_model(path: str | Path, options: LoaderOptions = LoaderOptions(), d
     path = Path(path)
     info = classify(path, options)
     if options.kernel_path == COMFYUI_NATIVE:
-        return _load_native(path, info, options)
+        return _load_native(path, info, options, disable_dynamic)
     sd, metadata = comfy.utils.load_torch_file(str(path), return_metadata=True)
     sd.pop(info.prefix + LEGACY_FP8_MARKER, None)
     model_options = {"custom_operations": make_operations(_plan(path, info, options))}

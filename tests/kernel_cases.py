@@ -8,6 +8,7 @@ has it set, and CUDA tests in the same session still compile real kernels.
 """
 
 import concurrent.futures
+import contextlib
 import importlib
 import multiprocessing
 import os
@@ -94,14 +95,34 @@ def make_fp8(n, k, granularity, fp8_dtype, seed=0) -> K.FP8Weight:
     return K.quantize_fp8(random_weight(n, k, seed), granularity, fp8_dtype)
 
 
+def exhaustive_nvfp4(order: str, layout: str, global_scale: float = 0.75) -> K.NVFP4Weight:
+    """`[256, 256]`: every block holds the codes 0..15 in order, and the 4096 block scales run through all
+    256 e4m3 bytes 16 times (subnormals, -0 and both NaN encodings). Built from bytes, not quantized."""
+    n, k = 256, 256
+    codes = torch.arange(16, dtype=torch.uint8).repeat(n, k // 16)
+    scale = (torch.arange(n * k // 16) % 256).to(torch.uint8).reshape(n, k // 16).view(torch.float8_e4m3fn)
+    stored = K.to_blocked(scale) if layout == K.SWIZZLED else scale
+    gs = torch.tensor(global_scale)
+    return K.NVFP4Weight(K.pack_nibbles(codes, order), stored, gs, n, k, order, layout).validate()
+
+
+def exhaustive_fp8(fp8_dtype: torch.dtype, granularity: str) -> K.FP8Weight:
+    """`[16, 16]` holding all 256 bytes of `fp8_dtype` (subnormals, NaN, and Inf for e5m2)."""
+    data = torch.arange(256).to(torch.uint8).reshape(16, 16).view(fp8_dtype)
+    scale = {"none": None, "tensor": torch.tensor(0.37), "row": torch.linspace(0.1, 3.3, 16)}[granularity]
+    return K.FP8Weight(data, scale).validate()
+
+
 def make_x(m: int, k: int, dtype: torch.dtype, seed: int = 7) -> torch.Tensor:
     return torch.randn(m, k, generator=seeded(seed)).to(dtype)
 
 
 def ulp(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """The spacing of `dtype` at each fp32 value (subnormal spacing near zero)."""
-    _, exponent = torch.frexp(values.float().abs())
-    exponent = torch.clamp(exponent - 1, min=_MIN_EXPONENT[dtype])
+    """The spacing of `dtype` at each fp32 value (subnormal spacing near zero, and at zero itself)."""
+    values = values.float().abs()
+    _, exponent = torch.frexp(values)  # frexp(0) gives exponent 0, which would allow 2^-8 around a bf16 zero
+    exponent = torch.where(values == 0, _MIN_EXPONENT[dtype], exponent - 1)
+    exponent = torch.clamp(exponent, min=_MIN_EXPONENT[dtype])
     return torch.ldexp(torch.ones_like(values, dtype=torch.float32), exponent - _MANTISSA_BITS[dtype])
 
 
@@ -123,17 +144,20 @@ def assert_rounded_from(out: torch.Tensor, exact: torch.Tensor, allow_ulp: bool)
 
 
 def linear_exact(x: torch.Tensor, weight, bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(fp32 x @ W.T + bias with W dequantized exactly in fp32, |x| @ |W|.T for the error bound)."""
-    w32 = K.dequantize(weight, torch.float32)
-    x32 = x.float()
-    y = x32 @ w32.T
+    """(x @ W.T + bias with W dequantized exactly, |x| @ |W|.T for the error bound), in float64 on the CPU.
+
+    Never on the GPU: an fp32 matmul there may run in TF32 (`torch.backends.cuda.matmul.allow_tf32`).
+    """
+    w64 = K.dequantize(weight, torch.float32).cpu().double()  # exact in fp32, so exact in fp64
+    x64 = x.cpu().double()
+    y = x64 @ w64.T
     if bias is not None:
-        y = y + bias.float()
-    return y, x32.abs() @ w32.abs().T
+        y = y + bias.cpu().double()
+    return y, x64.abs() @ w64.abs().T
 
 
 def assert_linear_close(out, x, weight, bias, weight_rounded: bool = False, slack: float = 4.0) -> None:
-    """Linear output vs the exact fp32 product.
+    """Linear output vs the exact product (float64 on the CPU, see `linear_exact`).
 
     Allowed: 1 ulp of the output dtype (final rounding, or truncation under the interpreter) plus fp32
     accumulation error `slack * K * 2^-24 * (|x| @ |W|.T)`; with `weight_rounded` (dequant into a half
@@ -143,12 +167,13 @@ def assert_linear_close(out, x, weight, bias, weight_rounded: bool = False, slac
     bound = ulp(exact, out.dtype) + slack * x.shape[-1] * 2.0**-24 * magnitude
     if weight_rounded:
         bound = bound + 2.0 ** -(_MANTISSA_BITS[out.dtype] + 1) * magnitude
-    worst = ((out.float() - exact).abs() / bound).max().item()
+    worst = ((out.cpu().double() - exact).abs() / bound).max().item()
     assert worst <= 1.0, f"error {worst:.3g}x the allowed bound"
 
 
 def relative_error(out: torch.Tensor, exact: torch.Tensor) -> float:
-    return ((out.float() - exact.float()).norm() / exact.float().norm()).item()
+    out, exact = out.cpu().double(), exact.cpu().double()
+    return ((out - exact).norm() / exact.norm()).item()
 
 
 # ---- interpreter worker -------------------------------------------------------------------------------
@@ -168,10 +193,31 @@ def _enter_interpreter() -> None:
     torch.set_num_threads(1)
 
 
+@contextlib.contextmanager
+def _pinned_gpu_config(module, index: int | None):
+    """Run `module`'s autotuned kernels with its shipped `GPU_CONFIGS[index]` instead of the interpreter's
+    single config (the tile sizes a GPU would use: only their numbers are checked here, not their speed)."""
+    if index is None:
+        yield
+        return
+    tuned = [k for k in vars(module).values() if hasattr(k, "configs") and hasattr(k, "cache")]
+    saved = [(k, k.configs) for k in tuned]
+    for k in tuned:
+        k.configs = [module.GPU_CONFIGS[index]]
+        k.cache.clear()
+    try:
+        yield
+    finally:
+        for k, configs in saved:
+            k.configs = configs
+            k.cache.clear()
+
+
 def _call(name: str, args: tuple, kwargs: dict):
     module_name, attr = WORKER_CALLS[name]
-    fn = getattr(importlib.import_module(f"wan_nvfp4.kernels.{module_name}"), attr)
-    return fn(*args, **kwargs)
+    module = importlib.import_module(f"wan_nvfp4.kernels.{module_name}")
+    with _pinned_gpu_config(module, kwargs.pop("gpu_config", None)):
+        return getattr(module, attr)(*args, **kwargs)
 
 
 class InterpreterWorker:
@@ -194,6 +240,7 @@ class InterpreterWorker:
                 os.environ["TRITON_INTERPRET"] = saved
 
     def __call__(self, name: str, *args, **kwargs):
+        """`name`'s function on `args`; `gpu_config=i` pins the module's kernels to its `GPU_CONFIGS[i]`."""
         return self._pool.submit(_call, name, args, kwargs).result(timeout=300)
 
     def close(self) -> None:

@@ -440,3 +440,92 @@ def test_metadata_format_not_matching_the_tensors_is_a_warning(tmp_path):
     _assert_names_everything(
         msg, path, f"layer {LAYER}", "nvfp4 tensors for format 'nvfp4'", "fp8_scaled tensors"
     )
+
+
+# ------------------------------------------------------------------------------ malformed metadata values
+
+
+def _cq(value) -> torch.Tensor:
+    return torch.tensor(list(json.dumps(value).encode()), dtype=torch.uint8)
+
+
+MALFORMED = {
+    # what ComfyUI itself reads with `.items()` / `.get()`: a list, a number, a string
+    "layers_is_a_list": ("comfy_nvfp4", {"_quantization_metadata": '{"layers": []}'}, {}),
+    "comfy_quant_is_a_list": ("comfy_nvfp4_comfy_quant", {}, {f"{LAYER}.comfy_quant": _cq([1, 2])}),
+    "comfy_quant_is_a_number": ("comfy_nvfp4_comfy_quant", {}, {f"{LAYER}.comfy_quant": _cq(5)}),
+    "producer_is_a_string": ("modelopt_nvfp4", {"quantization_config": '{"producer": "modelopt"}'}, {}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_malformed_metadata_values_give_a_report_not_a_crash(tmp_path, case):
+    name, meta_changes, tensor_changes = MALFORMED[case]
+    fx = F.FIXTURES[name]()
+    path = _save(tmp_path, {**fx.tensors, **tensor_changes}, {**fx.metadata, **meta_changes})
+    report = inspect_checkpoint(path)
+    report.to_text(), report.to_json()
+    if tensor_changes:  # vanilla ComfyUI fails on a comfy_quant that is not an object; we refuse it too
+        assert report.comfyui.outcome == "refuses_error"
+        assert not report.usable and any(p.layer == LAYER for p in report.info.errors)
+
+
+def test_sidecar_with_a_string_producer_is_not_modelopt(tmp_path):
+    fx = F.FIXTURES["modelopt_nvfp4_stripped"]()
+    path = _save(tmp_path, fx.tensors, fx.metadata)
+    (tmp_path / "hf_quant_config.json").write_text('{"producer": "modelopt"}')
+    info = classify_checkpoint(path)
+    assert "ModelOpt" not in info.provenance and info.layers[LAYER].assumed
+
+
+@pytest.mark.parametrize(
+    "key, shape",
+    [("head.modulation", ()), ("patch_embedding.weight", (256,)), ("img_emb.emb_pos", (5,))],
+)
+def test_wan_keys_with_too_few_dims_are_not_wan(tmp_path, key, shape):
+    fx = F.FIXTURES["bf16"]()
+    path = _save(tmp_path, {**fx.tensors, key: torch.zeros(shape)})
+    info = classify_checkpoint(path)
+    assert not info.usable and not info.variant.is_wan
+    with pytest.raises(CheckpointError) as e:
+        info.raise_for_problems()
+    assert str(path) in str(e.value) and key in str(e.value) and "unexpected shapes" in str(e.value)
+
+
+@pytest.mark.parametrize("byte, problem", [(0x81, "block scales are negative"), (0x80, None)])
+def test_block_scale_scan_sign_bytes(tmp_path, byte, problem):
+    """-0 (0x80) is a harmless scale, 0x81 a negative one: the scan's fast path must not skip either check."""
+    fx = F.FIXTURES["modelopt_nvfp4"]()  # linear scales: the byte lands in the logical scale matrix
+    scale = fx.tensors[f"{LAYER}.weight_scale"].clone().view(torch.uint8)
+    scale[1, 2] = byte
+    tensors = {**fx.tensors, f"{LAYER}.weight_scale": scale.view(torch.float8_e4m3fn)}
+    path = _save(tmp_path, tensors, fx.metadata)
+    errors = [p.problem for p in classify_checkpoint(path, scan_block_scales=True).errors]
+    assert errors == ([problem] if problem else [])
+
+
+def test_a_file_larger_than_the_address_space_limit_reads_its_small_tensors(tmp_path):
+    """Each tensor is mapped on its own: one private mapping of a whole 28 GB file is refused by the kernel
+    on a machine with less RAM + swap (here simulated with an address-space limit below the file size)."""
+    path = tmp_path / "big.safetensors"
+    big = 3 * 2**30  # a sparse 3 GiB bf16 tensor, then a small one at the end of the file
+    header = {
+        "big": {"dtype": "U8", "shape": [big], "data_offsets": [0, big]},
+        "small": {"dtype": "F32", "shape": [2], "data_offsets": [big, big + 8]},
+    }
+    blob = json.dumps(header).encode()
+    blob += b" " * (-len(blob) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(blob)) + blob)
+        f.seek(8 + len(blob) + big)
+        f.write(struct.pack("<2f", 1.5, -2.0))
+    code = (
+        "import resource, sys, torch\n"
+        "from wan_nvfp4.checkpoint import SafetensorsFile\n"
+        "vm = int(next(l for l in open('/proc/self/status') if l.startswith('VmSize')).split()[1]) * 1024\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (vm + 2**30, resource.RLIM_INFINITY))\n"
+        f"t = SafetensorsFile({str(path)!r}).tensor('small')\n"
+        "assert t.tolist() == [1.5, -2.0], t\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -185,3 +185,34 @@ def test_classification_reads_no_big_tensor(name):
     # meta tensors have no data: any read of a weight or block scale would fail or give meta values
     assert info.layers["blocks.0.ffn.0"].out_features == 13824
     assert {n: s.format for n, s in info.layers.items()} == {n: t.format for n, t in fx.layers.items()}
+
+
+def _with_conventions_tensors(fx, conf) -> StateDictSource:
+    """The fixture with a `<layer>.wan_nvfp4_conventions` tensor (what ComfyUI saves for a layer the pack
+    loaded in a non-native convention) on every nvfp4 layer."""
+    blob = torch.tensor(list(json.dumps(conf).encode()), dtype=torch.uint8)
+    tensors = dict(fx.tensors)
+    for name, truth in fx.layers.items():
+        if truth.format == NVFP4:
+            tensors[f"{fx.prefix}{name}.wan_nvfp4_conventions"] = blob
+    return StateDictSource(tensors, fx.metadata)
+
+
+def test_per_layer_conventions_tensor_decides_a_file_without_metadata():
+    fx = F.FIXTURES["modelopt_nvfp4_stripped"]()  # low_first + linear, nothing in the file says so
+    source = _with_conventions_tensors(fx, {"nibble_order": LOW_FIRST, "scale_layout": LINEAR})
+    info = classify_checkpoint(source)
+    nvfp4 = [s for s in info.layers.values() if s.format == NVFP4]
+    assert nvfp4 and not info.problems and "wan_nvfp4_conventions" in info.provenance
+    for spec in nvfp4:
+        assert (spec.nibble_order, spec.scale_layout, spec.assumed) == (LOW_FIRST, LINEAR, False)
+        assert "wan_nvfp4_conventions" in spec.evidence and "conventions" in spec.tensors
+    # an override still wins over the tensor
+    over = classify_checkpoint(source, nibble_order=HIGH_FIRST)
+    assert all(s.nibble_order == HIGH_FIRST for s in over.layers.values() if s.format == NVFP4)
+
+
+def test_unknown_values_in_the_conventions_tensor_are_not_evidence():
+    fx = F.FIXTURES["modelopt_nvfp4_stripped"]()
+    info = classify_checkpoint(_with_conventions_tensors(fx, {"nibble_order": "middle", "scale_layout": 3}))
+    assert all(s.assumed for s in info.layers.values() if s.format == NVFP4)

@@ -183,3 +183,32 @@ def test_comfyui_native_path_refuses_files_comfyui_misreads(loader, tmp_path, na
     with pytest.raises(CheckpointError, match="native path cannot read this file correctly") as e:
         loader.load_wan_model(path, loader.LoaderOptions(kernel_path="comfyui-native"))
     assert path.name in str(e.value) and "repair" in str(e.value)
+
+
+def test_comfyui_native_path_passes_disable_dynamic_on(loader, tmp_path, monkeypatch):
+    """ComfyUI rebuilds a model for TorchCompileModel / multi-GPU clones with `disable_dynamic=True`; the
+    native path must hand that to ComfyUI's loader (else it returns a Dynamic VRAM patcher's model)."""
+    import comfy.sd
+
+    seen = []
+    real = comfy.sd.load_diffusion_model
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("disable_dynamic", False))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(comfy.sd, "load_diffusion_model", spy)
+    path = FIXTURES["comfy_nvfp4"]().write(tmp_path)
+    options = loader.LoaderOptions(kernel_path="comfyui-native")
+    patcher = loader.load_wan_model(path, options, disable_dynamic=True)
+    init, args = patcher.cached_patcher_init[0], patcher.cached_patcher_init[1]
+    init(*args, disable_dynamic=True)  # what ModelPatcher.clone(disable_dynamic=True) calls
+    assert seen == [True, True]
+
+
+def test_reference_is_ignored_for_a_file_without_nvfp4_layers(loader, tmp_path):
+    """A reference decides NVFP4 conventions only: an FP8 file with a reference left selected still loads."""
+    fx = FIXTURES["kijai_fp8"]()
+    reference = FIXTURES["bf16"](variant=fx.variant).write(tmp_path / "ref")
+    _, err = _load_and_compare(loader, fx, tmp_path, loader.LoaderOptions(reference_path=str(reference)))
+    assert err <= MAX_REL_ERR

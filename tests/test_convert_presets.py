@@ -81,3 +81,5 @@ def test_bad_options_are_refused():
         LayerSelector(PresetOptions(preset="nope"), [])
     with pytest.raises(ValueError, match="target format"):
         LayerSelector(PresetOptions(), []).decide("blocks.0.ffn.0", (16, 16), "int4")
+    with pytest.raises(ValueError, match="not a valid regular expression"):
+        LayerSelector(PresetOptions(keep=("blocks\\.(",)), [])

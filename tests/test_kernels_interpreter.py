@@ -15,6 +15,7 @@ from wan_nvfp4.tests import kernel_cases as C
 
 pytest.importorskip("triton")
 pytestmark = pytest.mark.interpreter
+E4M3, E5M2 = torch.float8_e4m3fn, torch.float8_e5m2
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +77,22 @@ def test_nvfp4_dequant_matches_comfy_kitchen(interp, conv):
         )
     out = interp("dequantize", w, torch.float32)
     torch.testing.assert_close(out, want.reshape(out.shape), rtol=2**-22, atol=0)
+
+
+@pytest.mark.parametrize("conv", C.CONVENTIONS, ids=_id)
+def test_nvfp4_dequant_decodes_every_code_and_scale_byte(interp, conv):
+    w = C.exhaustive_nvfp4(*conv)
+    want = K.dequantize_nvfp4(w, torch.float32)
+    assert want.isnan().sum() == 2 * 16 * 16  # 0x7F and 0xFF, 16 blocks each
+    C.assert_rounded_from(interp("dequantize", w, torch.float32), want, allow_ulp=False)
+    C.assert_rounded_from(interp("dequantize", w, torch.bfloat16), want, allow_ulp=True)
+
+
+@pytest.mark.parametrize("granularity", ["none", "tensor", "row"])
+@pytest.mark.parametrize("fp8_dtype", [E4M3, E5M2], ids=_id)
+def test_fp8_dequant_decodes_every_byte(interp, fp8_dtype, granularity):
+    f = C.exhaustive_fp8(fp8_dtype, granularity)
+    C.assert_rounded_from(interp("dequantize", f, torch.float32), K.dequantize_fp8(f), allow_ulp=False)
 
 
 @pytest.mark.parametrize(
@@ -143,6 +160,40 @@ def test_fused_wrong_nibble_order_is_far_off(interp):
     out = interp("fused_linear", x, replace(w, nibble_order="high_first"), None)
     exact, _ = C.linear_exact(x, w, None)
     assert C.relative_error(out, exact) > 0.3
+
+
+# ---- every shipped GPU tile config (the cases above run the interpreter's single config) --------------
+
+
+def _gpu_configs(module_name: str) -> list:
+    import importlib
+
+    return importlib.import_module(f"wan_nvfp4.kernels.{module_name}").GPU_CONFIGS
+
+
+@pytest.mark.parametrize("index", range(len(_gpu_configs("triton_dequant"))))
+def test_every_shipped_dequant_config_is_exact(interp, index):
+    """K spans several tiles of every BLOCK_K and is not a multiple of any; N is not a multiple of 128."""
+    for conv in (("high_first", "swizzled"), ("low_first", "linear")):
+        w = C.make_nvfp4(150, 1072, *conv, seed=index)
+        out = interp("dequantize", w, torch.float32, gpu_config=index)
+        C.assert_rounded_from(out, K.dequantize_nvfp4(w, torch.float32), allow_ulp=False)
+    f = C.make_fp8(70, 1064, "row", E5M2, seed=index)
+    out = interp("dequantize", f, torch.float32, gpu_config=index)
+    C.assert_rounded_from(out, K.dequantize_fp8(f, torch.float32), allow_ulp=False)
+
+
+@pytest.mark.parametrize("index", range(len(_gpu_configs("triton_fused"))))
+def test_every_shipped_fused_config_matches_reference(interp, index):
+    """M just past BLOCK_M (two M tiles: the grouped program order), N and K not multiples of any tile."""
+    block_m = _gpu_configs("triton_fused")[index].kwargs["BLOCK_M"]
+    x = C.make_x(block_m + 5, 272, torch.float16, seed=index)
+    bias = torch.randn(150, generator=C.seeded(index)).to(torch.float16)
+    for w in (
+        C.make_nvfp4(150, 272, "high_first", "swizzled", seed=index),
+        C.make_fp8(150, 272, "row", E4M3),
+    ):
+        C.assert_linear_close(interp("fused_linear", x, w, bias, gpu_config=index), x, w, bias)
 
 
 # ---- the entry points, forced onto the Triton paths ---------------------------------------------------

@@ -160,3 +160,30 @@ def test_float_weight_torch_path_is_plain_linear():
     x = torch.randn(3, 16, dtype=torch.float16)
     assert torch.equal(ops.linear(x, w, path="torch"), F.linear(x, w))
     assert torch.equal(ops.dequantize(w, torch.float32), w.float())
+
+
+def test_code_times_block_scale_and_fp8_values_are_exact_in_half_dtypes():
+    """The premise of the fused kernel (weights cast to x's dtype before the tensor-core dot) and of the
+    bit-exact dequant: every E2M1 code x every non-NaN e4m3 block scale, and every fp8 value, is exact in
+    bf16 and fp16. Enumerated here by hand, independently of the kernels' decoders."""
+    scale_bytes = torch.tensor([b for b in range(256) if b & 0x7F != 0x7F], dtype=torch.uint8)
+    scales = scale_bytes.view(torch.float8_e4m3fn).float()
+    products = torch.tensor(K.E2M1_VALUES)[:, None] * scales[None, :]  # exact in fp32 (<= 6 bits)
+    fp8 = [
+        torch.arange(256, dtype=torch.uint8).view(d).float() for d in (torch.float8_e4m3fn, torch.float8_e5m2)
+    ]
+    for values in (products.flatten(), *fp8):
+        finite = values[values.isfinite()]
+        for half in (torch.bfloat16, torch.float16):
+            assert torch.equal(finite.to(half).float(), finite), half
+    # a scale folded in first would not be: one global scale already breaks it
+    assert not torch.equal((products * 0.3).to(torch.bfloat16).float(), products * 0.3)
+
+
+def test_rounding_oracle_is_tight_at_zero():
+    """The shared 1-ulp check must not allow a rounding error around an exact zero (bf16's ulp at 1.0)."""
+    zero = torch.zeros(4)
+    with pytest.raises(AssertionError, match="ulp"):
+        C.assert_rounded_from(torch.full((4,), 1e-3, dtype=torch.bfloat16), zero, allow_ulp=True)
+    C.assert_rounded_from(torch.zeros(4, dtype=torch.bfloat16), zero, allow_ulp=True)
+    assert C.ulp(zero, torch.bfloat16)[0] == 2.0**-133 and C.ulp(zero, torch.float16)[0] == 2.0**-24

@@ -5,7 +5,9 @@ signature mimics a typical WAN call after Triton's JIT specialisation (unit inne
 constant 1, other ints and pointers divisible by 16). Checked: every shipped autotune config compiles for
 sm_90 without register spills and within shared memory; the small-M buckets keep configs that fit the
 99 KB of sm_89 / sm_120; every kernel and constexpr variant compiles for sm_80, sm_89, sm_90, sm_100 and
-sm_120 (dequant also sm_75). Timing needs a GPU (bench/linear.py); this only proves the code builds.
+sm_120 (dequant also sm_75). The PTX itself: the fused dot is a bf16/fp16 tensor-core MMA with fp32
+accumulation (mma.sync, wgmma on sm_90 for BLOCK_M >= 64), never TF32; no flush-to-zero anywhere (the decoders
+produce fp16 subnormals); outputs are rounded to nearest even. Timing needs a GPU (bench/linear.py).
 """
 
 import re
@@ -42,8 +44,8 @@ def _modules():
     return triton_dequant, triton_fused
 
 
-def build(kernel, arch: int, pointers: dict, unit_strides: tuple, constexprs: dict, config) -> Usage:
-    """Compile `kernel` (an autotuned JIT function) for sm_<arch> and read ptxas' resource usage."""
+def compile_kernel(kernel, arch: int, pointers: dict, unit_strides: tuple, constexprs: dict, config):
+    """Compile `kernel` (an autotuned JIT function) for sm_<arch>, specialised like a typical WAN call."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
@@ -58,7 +60,12 @@ def build(kernel, arch: int, pointers: dict, unit_strides: tuple, constexprs: di
             attrs[(i,)] = [["tt.divisibility", 16]]
     src = ASTSource(fn=jit, signature=signature, constexprs=constants, attrs=attrs)
     options = {"num_warps": config.num_warps, "num_stages": config.num_stages, "enable_fp_fusion": True}
-    compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
+
+
+def build(kernel, arch: int, pointers: dict, unit_strides: tuple, constexprs: dict, config) -> Usage:
+    """Compile `kernel` for sm_<arch> and read ptxas' resource usage."""
+    compiled = compile_kernel(kernel, arch, pointers, unit_strides, constexprs, config)
     with tempfile.TemporaryDirectory() as tmp:
         cubin = Path(tmp) / "kernel.cubin"
         cubin.write_bytes(compiled.asm["cubin"])
@@ -158,3 +165,50 @@ def test_kernels_build_for_other_gpus(arch):
             continue  # the fused path is declared for sm_80+ only (bf16 tensor cores)
         usage = build(kernel, arch, pointers, units, switches, configs[0])
         assert usage.shared <= SMEM_LIMIT[arch], (name, usage)
+
+
+# What the interpreter cannot show: the instructions a real GPU runs.
+MMA = re.compile(r"\b(?:wgmma\.mma_async|mma\.sync)\.[\w.]+")
+HALF_PTX = {"*bf16": "bf16", "*fp16": "f16"}
+
+
+def _bucket_configs(configs) -> list:
+    """The first config of each BLOCK_M bucket (16/32: mma.sync, 64/128 with 8 warps: wgmma on sm_90)."""
+    firsts = {}
+    for c in configs:
+        firsts.setdefault(c.kwargs["BLOCK_M"], c)
+    return list(firsts.values())
+
+
+@pytest.mark.parametrize("arch", [80, 90])
+@pytest.mark.parametrize("half", ["*bf16", "*fp16"])
+@pytest.mark.parametrize("name", ["nvfp4_fused", "fp8_fused"])
+def test_fused_dot_is_half_precision_mma_with_fp32_accumulation(name, half, arch):
+    """The fused dot must run on bf16/fp16 operands (exact code x scale) with fp32 accumulation: never TF32
+    (an fp32 `tl.dot` on a GPU is TF32 by default, 10-bit mantissa) and never the interpreter's fp32 dot."""
+    kernel, pointers, units, switches, configs = _kernels()[name]
+    halves = {k: half for k, v in pointers.items() if v == "*bf16"}
+    for config in _bucket_configs(configs):
+        ptx = compile_kernel(kernel, arch, {**pointers, **halves}, units, switches, config).asm["ptx"]
+        mmas = set(MMA.findall(ptx))
+        ab = HALF_PTX[half]
+        assert mmas, (config, "no tensor-core instruction")
+        assert all(f".f32.{ab}.{ab}" in m or f".{ab}.{ab}.f32" in m for m in mmas), (config, mmas)
+        assert "tf32" not in ptx, config
+        if arch == 90 and config.kwargs["BLOCK_M"] >= 64:
+            assert all(m.startswith("wgmma") for m in mmas), (config, mmas)
+
+
+@pytest.mark.parametrize("half", ["*bf16", "*fp16"])
+@pytest.mark.parametrize("name", ["nvfp4_dequant", "fp8_dequant", "nvfp4_fused", "fp8_fused"])
+def test_decode_keeps_subnormals_and_outputs_round_to_nearest_even(name, half):
+    """The bit-move decoders make fp16 subnormals (E2M1 +-0.5 is 2^-15 as an fp16 pattern, e4m3/e5m2
+    subnormals too): a flush-to-zero conversion would silently zero them. Outputs must round to nearest even
+    (`cvt.rn`), which is what makes the dequant bit-exact against torch's `.to(dtype)`."""
+    kernel, pointers, units, switches, configs = _kernels()[name]
+    halves = {k: half for k, v in pointers.items() if v == "*bf16"}
+    ptx = compile_kernel(kernel, 90, {**pointers, **halves}, units, switches, configs[0]).asm["ptx"]
+    assert "cvt.f32.f16" in ptx  # the decode path
+    assert ".ftz" not in ptx
+    to_half = re.findall(r"\bcvt\.[\w.]*" + HALF_PTX[half] + r"(?:x2)?\.f32\b", ptx)
+    assert to_half and all(c.startswith("cvt.rn.") for c in to_half), to_half

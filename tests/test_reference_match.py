@@ -4,6 +4,7 @@ a bf16 or scaled-FP8 copy of the same model, and says "inconclusive" for an unre
 import json
 
 import pytest
+import torch
 
 from wan_nvfp4.checkpoint.fixtures import FIXTURES
 from wan_nvfp4.checkpoint.layers import NVFP4
@@ -97,3 +98,44 @@ def test_decide_conventions_on_in_memory_sources():
     match = decide_conventions(fx.source(), ref.source())
     assert match.decided and (match.nibble_order, match.scale_layout) == ("low_first", "linear")
     assert len(match.layers) == 4 and all(m.rows == 64 for m in match.layers)
+
+
+def _with_nvfp4(fx, change):
+    """The fixture's tensors with `change(name, tensors)` applied to every NVFP4 layer."""
+    tensors = dict(fx.tensors)
+    for name, truth in fx.layers.items():
+        if truth.format == NVFP4:
+            change(fx.prefix + name, tensors)
+    return tensors
+
+
+def test_nan_block_scales_never_decide(references):
+    """NaN block scales make every candidate's SQNR NaN: that is no evidence for any convention."""
+    from wan_nvfp4.checkpoint.safetensors_io import StateDictSource
+
+    fx = FIXTURES["modelopt_nvfp4"]()
+
+    def nan_scales(stem, tensors):
+        key = stem + ".weight_scale"
+        tensors[key] = torch.full_like(tensors[key].view(torch.uint8), 0x7F).view(torch.float8_e4m3fn)
+
+    source = StateDictSource(_with_nvfp4(fx, nan_scales), fx.metadata)
+    match = compare_with_reference(source, references["bf16"])
+    assert not match.decided and (match.nibble_order, match.scale_layout) == (INCONCLUSIVE, INCONCLUSIVE)
+
+
+def test_all_candidates_exact_is_a_tie_not_a_decision():
+    """Zero weights in both files: every candidate reproduces the reference exactly (inf dB): a tie."""
+    from wan_nvfp4.checkpoint.safetensors_io import StateDictSource
+
+    fx, ref = FIXTURES["modelopt_nvfp4"](), FIXTURES["bf16"]()
+
+    def zero(stem, tensors):
+        tensors[stem + ".weight"] = torch.zeros_like(tensors[stem + ".weight"])
+
+    ref_tensors = {k: (torch.zeros_like(v) if k.endswith(".weight") else v) for k, v in ref.tensors.items()}
+    match = compare_with_reference(
+        StateDictSource(_with_nvfp4(fx, zero), fx.metadata), StateDictSource(ref_tensors)
+    )
+    assert all(v == float("inf") for m in match.layers for v in m.sqnr.values())
+    assert not match.decided and "less than" in match.reason

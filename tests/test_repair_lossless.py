@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from wan_nvfp4.checkpoint.classify import classify_checkpoint
 from wan_nvfp4.checkpoint.errors import CheckpointError
@@ -181,3 +182,55 @@ def test_repair_refuses_destination_equal_to_source(tmp_path):
     with pytest.raises(CheckpointError, match="same file"):
         repair_checkpoint(src, src, RepairOptions(overwrite=True))
     assert sha256(src) == before
+
+
+def test_legacy_scale_input_placeholder_is_dropped_like_comfyui(tmp_path):
+    """ComfyUI's legacy conversion drops `scale_input == 1.0` (a placeholder) and keeps other values as
+    `input_scale`; a kept 1.0 would be a static activation scale on fp8-capable GPUs."""
+    fx = FIXTURES["legacy_scaled_fp8"]()
+    placeholder, calibrated = "blocks.0.ffn.0", "blocks.0.ffn.2"
+    tensors = dict(fx.tensors)
+    tensors[f"{placeholder}.scale_input"] = torch.tensor([1.0])
+    tensors[f"{calibrated}.scale_input"] = torch.tensor(0.02)
+    src = tmp_path / "legacy.safetensors"
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(src), metadata=fx.metadata)
+    dst = tmp_path / "out.safetensors"
+    repair_checkpoint(src, dst)
+    d = SafetensorsFile(dst)
+    assert f"{placeholder}.input_scale" not in d
+    assert d.tensor(f"{calibrated}.input_scale").item() == pytest.approx(0.02)
+    assert not any(k.endswith(".scale_input") for k in d.entries)
+
+
+def test_file_saved_with_conventions_markers_repairs_to_native(tmp_path):
+    """What ComfyUI saves for a ModelOpt model the pack loaded: stored bytes + `wan_nvfp4_conventions`.
+    Repair reads the markers (no assumption) and writes a file vanilla ComfyUI reads natively."""
+    fx = FIXTURES["modelopt_nvfp4_stripped"]()  # low_first + linear, no metadata: only the markers tell
+    marker = torch.tensor(list(b'{"nibble_order": "low_first", "scale_layout": "linear"}'), dtype=torch.uint8)
+    tensors = dict(fx.tensors)
+    for name, truth in fx.layers.items():
+        if truth.format == NVFP4:
+            tensors[f"{name}.wan_nvfp4_conventions"] = marker.clone()
+    src = tmp_path / "saved_by_comfyui.safetensors"
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(src))
+    dst = tmp_path / "out.safetensors"
+    report = repair_checkpoint(src, dst)
+    assert not any("assumed" in n for n in report.notes)
+    inspected = inspect_checkpoint(dst)
+    assert inspected.comfyui.outcome == LOADS_NATIVELY
+    assert not any(k.endswith(".wan_nvfp4_conventions") for k in SafetensorsFile(dst).entries)
+    s, d = SafetensorsFile(src), SafetensorsFile(dst)
+    src_info = classify_checkpoint(src)
+    for name, truth in fx.layers.items():
+        if truth.format == NVFP4:
+            before = _truth_weight(fx, src_info.layers[name], s, src)
+            after = build_weight(inspected.info.layers[name], d.tensor, dst)
+            assert _bit_equal(dequantize(before), dequantize(after)), name
+
+
+def test_reference_with_a_file_without_nvfp4_layers_is_not_an_error(tmp_path):
+    src = FIXTURES["kijai_fp8"]().write(tmp_path / "in")
+    reference = FIXTURES["bf16"]().write(tmp_path / "ref")
+    report = repair_checkpoint(src, tmp_path / "out.safetensors", reference=reference)
+    assert report.verdicts["comfyui"] == LOADS_NATIVELY
+    assert any("no NVFP4 layers" in n for n in report.notes)

@@ -175,3 +175,63 @@ def test_header_length_that_looks_like_a_pickle_magic_still_reads(tmp_path, head
         w.commit()
     entries, metadata, _ = read_header(dst)
     assert metadata == meta and entries["a"].shape == (4,)
+
+
+def test_disk_full_mid_write_is_a_named_error_and_leaves_nothing(tmp_path, monkeypatch):
+    """ENOSPC while streaming: a CheckpointError naming the destination and the tensor; no temp file, and an
+    existing destination (being overwritten) keeps its old bytes."""
+    import errno
+
+    from wan_nvfp4.checkpoint import writer as W
+
+    ts = _tensors()
+    dst = tmp_path / "o.safetensors"
+    dst.write_bytes(b"old")
+    real_pwrite = os.pwrite
+
+    def pwrite(fd, data, offset):
+        if offset > 0:  # the header goes through, the first tensor hits a full disk
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(W.os, "pwrite", pwrite)
+    with pytest.raises(CheckpointError) as e, StreamingSafetensorsWriter(dst, _plan(ts), overwrite=True) as w:
+        w.write("vec", ts["vec"])
+    assert str(dst) in str(e.value) and "tensor vec" in str(e.value) and "No space left" in str(e.value)
+    assert dst.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == [dst.name]
+
+
+def test_too_little_free_space_is_refused_before_any_work(tmp_path, monkeypatch):
+    from wan_nvfp4.checkpoint import writer as W
+
+    real = os.statvfs(tmp_path)
+    monkeypatch.setattr(W.os, "statvfs", lambda p: os.statvfs_result((*real[:4], 0, *real[5:])))
+    ts = _tensors()
+    with pytest.raises(CheckpointError, match="not enough free space") as e:
+        StreamingSafetensorsWriter(tmp_path / "o.safetensors", _plan(ts)).open()
+    assert "expected" in str(e.value) and "GB free" in str(e.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_folder_as_destination_is_refused_up_front(tmp_path):
+    folder = tmp_path / "out"
+    folder.mkdir()
+    with pytest.raises(CheckpointError, match="is a folder"):
+        StreamingSafetensorsWriter(folder, _plan({"a": torch.zeros(2)}), overwrite=True).open()
+    assert folder.is_dir() and list(folder.iterdir()) == []
+
+
+def test_input_reached_through_other_spellings_is_refused(tmp_path, monkeypatch):
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    src = sub / "in.safetensors"
+    src.write_bytes(b"original")
+    (tmp_path / "alias").symlink_to(sub)
+    monkeypatch.chdir(tmp_path)
+    spellings = ["sub/in.safetensors", "sub/../sub/./in.safetensors", "alias/in.safetensors", str(src)]
+    for dst in spellings:
+        with pytest.raises(CheckpointError, match="same file"):
+            StreamingSafetensorsWriter(
+                dst, _plan({"a": torch.zeros(2)}), protect=["sub/in.safetensors"]
+            ).open()
+    assert src.read_bytes() == b"original"
