@@ -15,7 +15,7 @@ import torch
 from .. import __version__
 from ..kernels import WeightFormatError, dequantize
 from .errors import CheckpointError
-from .job_report import JobReport, LayerResult, add_output_verdicts, default_report_path
+from .job_report import JobReport, LayerResult
 from .layers import FLOAT, FP8_SCALED, NVFP4, LayerSpec, build_weight
 from .output_formats import LAYOUTS, OutputLayout, output_metadata
 from .presets import FP8_TARGET, NVFP4_TARGET, TARGETS, LayerSelector, PresetOptions
@@ -23,13 +23,12 @@ from .progress import ProgressCallback, no_progress
 from .quantize_layer import quantize_layer
 from .safetensors_io import SafetensorsFile
 from .sqnr import chunked_sqnr_db
+from .stream_job import finish_report, in_file_order, leftover_tensors, provenance, write_passthrough
 from .stream_read import TensorReader, release_freed_memory
 from .writer import PlannedTensor, StreamingSafetensorsWriter
 
 KEEP_DTYPES = {"source": None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 DEQUANTIZED_KEEP_DTYPE = torch.bfloat16  # a kept layer whose source was quantized
-MARKER_SUFFIXES = (".comfy_quant",)
-LEGACY_MARKER = "scaled_fp8"
 
 
 @dataclass(frozen=True)
@@ -139,25 +138,12 @@ def plan_conversion(source, info, options: ConvertOptions) -> ConversionPlan:
     options.validate()
     layout = LAYOUTS[options.layout]
     selector = LayerSelector(options.preset, info.layers.keys())
-    key_order = {k: i for i, k in enumerate(source.keys())}
-    jobs = []
-    for spec in info.layers.values():
-        job = _layer_job(spec, source, selector, layout, options)
-        job.order = min(key_order.get(k, 0) for k in spec.tensors.values())
-        jobs.append(job)
-    jobs.sort(key=lambda j: j.order)
+    jobs = [_layer_job(spec, source, selector, layout, options) for spec in info.layers.values()]
+    jobs = in_file_order(jobs, source)
     consumed = {k for job in jobs for k in job.read_keys}
-    marker = f"{info.prefix or ''}{LEGACY_MARKER}"
-    passthrough, dropped = [], []
-    for key in list(source.keys()):
-        if key in consumed:
-            continue
-        if key == marker or key.endswith(MARKER_SUFFIXES):
-            dropped.append(key)
-            continue
-        passthrough.append(
-            (key, PlannedTensor(key, _cast_dtype(source.dtype(key), options.keep_dtype), source.shape(key)))
-        )
+    passthrough, dropped = leftover_tensors(
+        source, consumed, info.prefix, lambda dtype: _cast_dtype(dtype, options.keep_dtype)
+    )
     notes = []
     dropped_roles = sorted(
         {role for job in jobs if job.action != "copied" for role in job.spec.tensors}
@@ -175,22 +161,16 @@ def plan_conversion(source, info, options: ConvertOptions) -> ConversionPlan:
         j.spec.key: layout.comfy_format[options.target] for j in jobs if j.action in ("quantized", "copied")
     }
     excluded = [j.spec.key for j in jobs if j.action == "kept"]
-    provenance = {
-        "tool": "wan-nvfp4",
-        "version": __version__,
-        "job": "convert",
-        "source": Path(str(source.path)).name if source.path else None,
-        "target": options.target,
-        "layout": options.layout,
-        "preset": options.preset.describe(),
-    }
+    written_by = provenance(
+        "convert", source, target=options.target, layout=options.layout, preset=options.preset.describe()
+    )
     metadata = output_metadata(
         dict(getattr(source, "metadata", {}) or {}),
         layout,
         quantized,
         excluded,
         options.target,
-        provenance,
+        written_by,
         __version__,
     )
     return ConversionPlan(jobs, passthrough, dropped, metadata, notes)
@@ -304,19 +284,7 @@ def convert_checkpoint(
             release_freed_memory()
             done += sum(source.nbytes(k) for k in job.read_keys)
             progress(done, total, job.spec.name)
-        for key, planned in plan.passthrough:
-            writer.write(planned.name, reader(key).to(planned.dtype))
-            done += source.nbytes(key)
-            progress(done, total, key)
+        write_passthrough(writer, reader, plan.passthrough, source, done, total, progress)
         checked = writer.commit()
     progress(total, total, "done")
-    report.bytes_read = total
-    report.bytes_written = Path(dst).stat().st_size
-    report.seconds = time.perf_counter() - start
-    report.checks["verified"] = f"header re-read, {len(checked)} tensors re-read and matched"
-    if plan.dropped:
-        report.checks["dropped_markers"] = plan.dropped
-    add_output_verdicts(report, dst)
-    if save_report:
-        report.save(report_path or default_report_path(dst, "convert"))
-    return report
+    return finish_report(report, dst, checked, plan.dropped, total, start, report_path, save_report)

@@ -25,6 +25,7 @@ from ..kernels import (
     swizzled_shape,
     unpack_nibbles,
 )
+from .errors import CheckpointError
 from .layers import FLOAT, FP8_SCALED, NVFP4, LayerSpec, build_weight
 from .safetensors_io import SafetensorsFile
 from .sqnr import format_db, sqnr_db
@@ -317,3 +318,28 @@ def decide_conventions(
 ) -> ReferenceMatch:
     """Cheap load-time decision (fewer layers and rows); `.nibble_order` / `.scale_layout` feed classify."""
     return match_conventions(file, reference, max_layers=max_layers, max_rows=max_rows, **kwargs)
+
+
+def conventions_with_reference(
+    file, reference, nibble_order: str | None = None, scale_layout: str | None = None, hint: str | None = None
+) -> tuple[str | None, str | None, ReferenceMatch | None]:
+    """(nibble_order, scale_layout, match): explicit choices win, the reference's decision fills the rest.
+
+    `match` is None when both are explicit (nothing to compare). A file with NVFP4 layers that the comparison
+    cannot decide raises CheckpointError (`hint` says what to do next); without NVFP4 layers nothing changes.
+    """
+    if nibble_order and scale_layout:
+        return nibble_order, scale_layout, None
+    match = decide_conventions(file, reference)
+    if not match.file_conventions:  # no NVFP4 layer: nothing for the reference to decide
+        return nibble_order, scale_layout, match
+    if not match.decided:
+        raise CheckpointError(
+            getattr(file, "path", file),
+            "the reference could not decide the nibble order and scale layout",
+            expected=f"one candidate clearly best on every compared layer of {Path(reference).name}",
+            found=f"the comparison did not decide: {match.reason}",
+            hint=hint,
+            kind="file",
+        )
+    return nibble_order or match.nibble_order, scale_layout or match.scale_layout, match

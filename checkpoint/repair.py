@@ -33,11 +33,12 @@ from ..kernels import (
     to_blocked,
 )
 from .errors import CheckpointError
-from .job_report import JobReport, LayerResult, add_output_verdicts, default_report_path
+from .job_report import JobReport, LayerResult
 from .layers import FP8, FP8_SCALED, NVFP4, LayerSpec, build_weight
 from .output_formats import COMFY, QUANT_METADATA_KEY, SUFFIXES, output_metadata, round_up
 from .progress import ProgressCallback, no_progress
 from .sqnr import sqnr_db
+from .stream_job import finish_report, in_file_order, leftover_tensors, provenance, write_passthrough
 from .stream_read import TensorReader, release_freed_memory
 from .writer import PlannedTensor, StreamingSafetensorsWriter
 
@@ -49,8 +50,6 @@ PER_ROW_FP8 = {
 }
 VERIFY_MODES = ("sample", "full")
 FP8_FORMATS = {torch.float8_e4m3fn: "float8_e4m3fn", torch.float8_e5m2: "float8_e5m2"}
-MARKER_SUFFIXES = (".comfy_quant",)
-LEGACY_MARKER = "scaled_fp8"
 SAMPLED_DEQUANT_CHECKS = 8
 
 
@@ -156,39 +155,19 @@ def _source_comfy_layers(metadata: dict[str, str]) -> dict:
 
 def plan_repair(source, info, options: RepairOptions):
     """(jobs, passthrough [(key, planned)], dropped keys, metadata) from the header and classification."""
-    key_order = {k: i for i, k in enumerate(source.keys())}
     source_layers = _source_comfy_layers(source.metadata or {})
-    jobs = []
-    for spec in info.layers.values():
-        job = _plan_job(spec, source, options)
-        job.order = min(key_order.get(key, 0) for key in spec.tensors.values())
-        jobs.append(job)
-    jobs.sort(key=lambda j: j.order)
+    jobs = in_file_order([_plan_job(spec, source, options) for spec in info.layers.values()], source)
     consumed = {
         key for job in jobs for key in job.spec.tensors.values() if key != job.spec.tensors.get("bias")
     }
-    marker = f"{info.prefix or ''}{LEGACY_MARKER}"
-    passthrough, dropped = [], []
-    for key in list(source.keys()):
-        if key in consumed:
-            continue
-        if key == marker or key.endswith(MARKER_SUFFIXES):
-            dropped.append(key)
-        else:
-            passthrough.append((key, _planned(key, source.dtype(key), source.shape(key))))
+    passthrough, dropped = leftover_tensors(source, consumed, info.prefix)
     quantized = {j.spec.key: j.comfy_format for j in jobs if j.comfy_format}
     for job in jobs:  # a layer kept as is keeps what the source's header said about it
         conf = source_layers.get(job.spec.key) if job.action == "copied" and job.spec.is_quantized else None
         if isinstance(conf, dict) and conf.get("format"):
             quantized[job.spec.key] = conf["format"]
-    provenance = {
-        "tool": "wan-nvfp4",
-        "version": __version__,
-        "job": "repair",
-        "source": Path(str(source.path)).name if source.path else None,
-    }
     metadata = output_metadata(
-        dict(source.metadata or {}), COMFY, quantized, [], None, provenance, __version__
+        dict(source.metadata or {}), COMFY, quantized, [], None, provenance("repair", source), __version__
     )
     return jobs, passthrough, dropped, metadata
 
@@ -338,23 +317,18 @@ def repair_checkpoint(
     source = SafetensorsFile(src)
     notes = []
     nibble_order, scale_layout = options.nibble_order, options.scale_layout
-    if reference is not None and (nibble_order is None or scale_layout is None):
-        from .reference_match import decide_conventions
+    if reference is not None:
+        from .reference_match import conventions_with_reference
 
-        match = decide_conventions(source, reference)
-        notes.append(match.summary_line())
-        if not match.decided and match.file_conventions:  # (no NVFP4 layer: nothing to decide)
-            raise CheckpointError(
-                src,
-                "the reference comparison did not decide the NVFP4 conventions",
-                expected="one candidate clearly best on every compared layer",
-                found=match.reason,
-                hint="Check that the reference is the same model, or pass --nibble-order and --scale-layout",
-                kind="file",
-            )
-        if match.decided:
-            nibble_order = nibble_order or match.nibble_order
-            scale_layout = scale_layout or match.scale_layout
+        nibble_order, scale_layout, match = conventions_with_reference(
+            source,
+            reference,
+            nibble_order,
+            scale_layout,
+            hint="Check that the reference is the same model, or pass --nibble-order and --scale-layout",
+        )
+        if match is not None:
+            notes.append(match.summary_line())
     info = classify_checkpoint(source, nibble_order=nibble_order, scale_layout=scale_layout)
     jobs, passthrough, dropped, metadata = plan_repair(source, info, options)
     assumed = [j.spec for j in jobs if j.spec.format == NVFP4 and j.spec.assumed]
@@ -416,23 +390,11 @@ def repair_checkpoint(
             release_freed_memory()
             done += sum(source.nbytes(k) for k in spec.tensors.values() if k not in bias_keys)
             progress(done, total, spec.name)
-        for key, p in passthrough:
-            writer.write(p.name, reader(key))
-            done += source.nbytes(key)
-            progress(done, total, key)
+        write_passthrough(writer, reader, passthrough, source, done, total, progress)
         checked = writer.commit()
-    report.bytes_read = total
-    report.bytes_written = Path(dst).stat().st_size
-    report.seconds = time.perf_counter() - start
     rewritten = sum(1 for j in jobs if j.action == "rewritten")
     report.checks["lossless"] = (
         f"{rewritten} rewritten layers: codes/bytes and scales identical; dequantized bit-identical on "
         f"{len(dequant_checked)} layers ({options.verify})"
     )
-    report.checks["verified"] = f"header re-read, {len(checked)} tensors re-read and matched"
-    if dropped:
-        report.checks["dropped_markers"] = dropped
-    add_output_verdicts(report, dst)
-    if save_report:
-        report.save(report_path or default_report_path(dst, "repair"))
-    return report
+    return finish_report(report, dst, checked, dropped, total, start, report_path, save_report)

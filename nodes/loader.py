@@ -18,7 +18,7 @@ import comfy.utils
 import torch
 
 from ..checkpoint import CheckpointError, classify_checkpoint, open_checkpoint
-from ..checkpoint.reference_match import decide_conventions
+from ..checkpoint.reference_match import conventions_with_reference
 from ..checkpoint.verdicts import LOADS_NATIVELY, comfy_view, comfyui_verdict
 from ..kernels.dispatch import AUTO, PATHS, REFERENCE, TORCH, TRITON_DEQUANT
 from ..kernels.options import KernelOptions, PathLog
@@ -67,21 +67,18 @@ class LoaderOptions:
 def _reference_overrides(path: Path, options: LoaderOptions) -> tuple[str | None, str | None, str]:
     """(nibble_order, scale_layout, reason): explicit choices first, then the reference's decision."""
     nibble, layout = options.override(options.nibble_order), options.override(options.scale_layout)
-    if options.reference_path is None or (nibble and layout):
+    if options.reference_path is None:
         return nibble, layout, "caller override"
-    match = decide_conventions(str(path), options.reference_path)
-    if not match.file_conventions:  # no NVFP4 layer: nothing for the reference to decide
+    nibble, layout, match = conventions_with_reference(
+        str(path),
+        options.reference_path,
+        nibble,
+        layout,
+        hint="run the WAN NVFP4 Doctor with this reference for the per-layer table",
+    )
+    if match is None or not match.decided:
         return nibble, layout, "caller override"
-    if not match.decided:
-        raise CheckpointError(
-            path,
-            "the reference could not decide the nibble order and scale layout",
-            expected=f"a reference of the same model ({Path(options.reference_path).name})",
-            found=match.reason,
-            hint="run the WAN NVFP4 Doctor with this reference for the per-layer table",
-        )
-    reason = f"decided by comparison with the reference {Path(options.reference_path).name}"
-    return nibble or match.nibble_order, layout or match.scale_layout, reason
+    return nibble, layout, f"decided by comparison with the reference {Path(options.reference_path).name}"
 
 
 def classify(path: str | Path, options: LoaderOptions):
