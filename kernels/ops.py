@@ -28,14 +28,6 @@ from .reference import linear_reference
 from .weights import FP8Weight, NVFP4Weight
 
 
-def _weight_device(weight) -> torch.device:
-    if isinstance(weight, NVFP4Weight):
-        return weight.packed.device
-    if isinstance(weight, FP8Weight):
-        return weight.data.device
-    return weight.device
-
-
 def _request(entry: str, weight, dtype: torch.dtype, device: torch.device, m: int | None) -> Request:
     fmt = weight_format(weight)
     n, k = weight.shape
@@ -117,7 +109,7 @@ def linear(
 
 def resolve_dequantize_path(weight, dtype: torch.dtype, path: str = AUTO) -> str:
     """The path `dequantize(weight, dtype, path)` would run."""
-    req = _request(DEQUANTIZE, weight, dtype, _weight_device(weight), None)
+    req = _request(DEQUANTIZE, weight, dtype, weight.device, None)
     return _resolve(req, path, DEFAULT_OPTIONS)
 
 

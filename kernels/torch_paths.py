@@ -55,15 +55,11 @@ def dequantize(weight, dtype: torch.dtype) -> torch.Tensor:
     step = _chunk_rows(n, k)
     if step >= n:
         return dequant(weight, dtype)
-    out = torch.empty((n, k), dtype=dtype, device=_device(weight))
+    out = torch.empty((n, k), dtype=dtype, device=weight.device)
     for r0 in range(0, n, step):
         r1 = min(r0 + step, n)
         out[r0:r1] = dequant(rows_of(weight, r0, r1), dtype)
     return out
-
-
-def _device(weight) -> torch.device:
-    return weight.packed.device if isinstance(weight, NVFP4Weight) else weight.data.device
 
 
 def linear(x: torch.Tensor, weight, bias: torch.Tensor | None = None) -> torch.Tensor:

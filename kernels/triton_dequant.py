@@ -116,8 +116,8 @@ def _check_dtype(dtype: torch.dtype) -> None:
 def dequantize_nvfp4(w: NVFP4Weight, dtype: torch.dtype) -> torch.Tensor:
     """`[N, K]` in `dtype` on the weight's device (exact, see the module docstring)."""
     _check_dtype(dtype)
-    a = nvfp4_args(w, w.packed.device)
-    out = torch.empty((a.n, a.k), dtype=dtype, device=w.packed.device)
+    a = nvfp4_args(w, w.device)
+    out = torch.empty((a.n, a.k), dtype=dtype, device=w.device)
     if out.numel() == 0:
         return out
     with on_device(out):
@@ -143,8 +143,8 @@ def dequantize_nvfp4(w: NVFP4Weight, dtype: torch.dtype) -> torch.Tensor:
 def dequantize_fp8(w: FP8Weight, dtype: torch.dtype) -> torch.Tensor:
     """`[N, K]` fp8 values times their per-tensor / per-row scale (fp32, rounded once) in `dtype`."""
     _check_dtype(dtype)
-    a = fp8_args(w, w.data.device)
-    out = torch.empty((a.n, a.k), dtype=dtype, device=w.data.device)
+    a = fp8_args(w, w.device)
+    out = torch.empty((a.n, a.k), dtype=dtype, device=w.device)
     if out.numel() == 0:
         return out
     with on_device(out):

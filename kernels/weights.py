@@ -44,6 +44,10 @@ class NVFP4Weight:
         return self.out_features, self.in_features
 
     @property
+    def device(self) -> torch.device:
+        return self.packed.device
+
+    @property
     def scale_cols(self) -> int:
         return self.in_features // NVFP4_BLOCK
 
@@ -95,6 +99,10 @@ class FP8Weight:
     @property
     def shape(self) -> tuple[int, int]:
         return tuple(self.data.shape)
+
+    @property
+    def device(self) -> torch.device:
+        return self.data.device
 
     @property
     def out_features(self) -> int:
