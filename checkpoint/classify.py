@@ -12,7 +12,6 @@ scales only with `scan_block_scales=True`), never the weights.
     w = info.weight("blocks.0.self_attn.q")  # NVFP4Weight | FP8Weight | Tensor, ready for the kernels
 """
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from .evidence import (
     provenance_summary,
 )
 from .layer_keys import EXPECTED_DTYPES, RawLayer, discover_layers, natural_key
-from .layers import FP8, FP8_SCALED, NVFP4, LayerSpec, build_weight
+from .layers import FP8, FP8_SCALED, NVFP4, LayerSpec, build_weight, read_json_marker
 from .problems import ERROR, WARNING, Problem
 from .safetensors_io import SafetensorsFile
 from .variant import WanVariant, detect_variant
@@ -130,11 +129,7 @@ def _check_override(value: str | None, allowed, what: str, path) -> None:
 
 def _json_tensor(source, key: str) -> dict:
     """A small uint8 tensor of UTF-8 JSON (`.comfy_quant`, `.wan_nvfp4_conventions`); {} when unreadable."""
-    try:
-        config = json.loads(bytes(source.tensor(key).reshape(-1).tolist()).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, TypeError, ValueError):
-        return {}
-    return config if isinstance(config, dict) else {}
+    return read_json_marker(source.tensor(key))
 
 
 def _comfy_quant(source, raw: RawLayer) -> dict:

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from ..kernels import HIGH_FIRST, LINEAR, LOW_FIRST, SWIZZLED, quantize_fp8, quantize_nvfp4
-from .layers import FLOAT, FP8, FP8_SCALED, NVFP4
+from .layers import FLOAT, FP8, FP8_SCALED, NVFP4, json_marker
 from .safetensors_io import StateDictSource
 from .tiny_wan import (  # noqa: F401  (re-exported: the fixtures API)
     CLIP_DIM,
@@ -414,8 +414,7 @@ def build_fixture(conv: Convention, variant: str = DEFAULT_VARIANT, seed: int = 
         if fmt in (NVFP4, FP8_SCALED):
             layer_meta[conv.prefix + name] = {"format": _comfy_format_name(conv, fmt)}
             if "comfy_quant" in conv.metadata:
-                blob = json.dumps(layer_meta[conv.prefix + name]).encode("utf-8")
-                parts["comfy_quant"] = torch.tensor(list(blob), dtype=torch.uint8)
+                parts["comfy_quant"] = json_marker(layer_meta[conv.prefix + name])
         tensors |= {f"{conv.prefix}{name}.{role}": t for role, t in parts.items()}
     linear_keys = {f"{n}.{r}" for n in linears for r in ("weight", "bias")}
     for key, t in reference.items():

@@ -1,5 +1,6 @@
 """What one Linear of a checkpoint is: format, conventions, the tensors that hold it, and why we think so."""
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -64,6 +65,20 @@ class LayerSpec:
 
 
 TensorGetter = Callable[[str], torch.Tensor]
+
+
+def json_marker(conf: dict) -> torch.Tensor:
+    """A per-layer marker tensor (`.comfy_quant`, `.wan_nvfp4_conventions`): UTF-8 JSON bytes as 1-D uint8."""
+    return torch.tensor(list(json.dumps(conf).encode("utf-8")), dtype=torch.uint8)
+
+
+def read_json_marker(tensor: torch.Tensor) -> dict:
+    """The JSON object in a marker tensor; {} when it is unreadable or not an object."""
+    try:
+        conf = json.loads(bytes(tensor.reshape(-1).tolist()).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, TypeError, ValueError):
+        return {}
+    return conf if isinstance(conf, dict) else {}
 
 
 def _lightx2v_global_scale(spec: LayerSpec, get: TensorGetter) -> torch.Tensor:

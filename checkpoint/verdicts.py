@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass, field
 
 from ..kernels import HIGH_FIRST, LINEAR, SWIZZLED, swizzled_shape
-from .layers import FLOAT, FP8, FP8_SCALED, NVFP4, LayerSpec
+from .layers import FLOAT, FP8, FP8_SCALED, NVFP4, LayerSpec, read_json_marker
 
 # What vanilla ComfyUI does with a file (the words of issue #2 / COMFYUI.md §1.5).
 LOADS_NATIVELY = "loads_natively"
@@ -80,11 +80,7 @@ def comfy_view(source, prefix: str, layers: dict[str, LayerSpec]) -> ComfyView:
     for name, spec in layers.items():
         key = spec.tensors.get("comfy_quant")
         if key is not None:
-            try:
-                conf = json.loads(bytes(source.tensor(key).reshape(-1).tolist()).decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError, TypeError, ValueError):
-                conf = {}
-            configs[name] = conf if isinstance(conf, dict) else {}  # ComfyUI fails on anything else
+            configs[name] = read_json_marker(source.tensor(key))  # ComfyUI fails on anything but an object
         if legacy and spec.tensors.get("scale", "").endswith(".scale_weight"):
             configs.setdefault(name, {"format": "float8_e4m3fn"})
     return ComfyView(configs, legacy)

@@ -13,7 +13,6 @@ writes the file's tensor names back. Dequantizing goes through the pack's kernel
 """
 
 import dataclasses
-import json
 from dataclasses import dataclass
 
 import comfy.float
@@ -48,7 +47,15 @@ def _pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
     return torch.cat([t, t.new_zeros((rows - t.shape[0], *t.shape[1:]))])
 
 
-class WanNVFP4Layout(QuantizedLayout):
+class _KernelLayout(QuantizedLayout):
+    """Our layouts dequantize through the pack's kernels, from `kernel_weight(qdata, params)`."""
+
+    @classmethod
+    def dequantize(cls, qdata, params):
+        return kernel_ops.dequantize(cls.kernel_weight(qdata, params), params.orig_dtype, params.dequant_path)
+
+
+class WanNVFP4Layout(_KernelLayout):
     """NVFP4 in any convention the checkpoint reader knows (both nibble orders, both scale layouts)."""
 
     @dataclass(frozen=True)
@@ -67,10 +74,6 @@ class WanNVFP4Layout(QuantizedLayout):
         return NVFP4Weight(
             qdata, params.block_scale, params.scale, n, k, params.nibble_order, params.scale_layout
         )
-
-    @classmethod
-    def dequantize(cls, qdata, params):
-        return kernel_ops.dequantize(cls.kernel_weight(qdata, params), params.orig_dtype, params.dequant_path)
 
     @classmethod
     def quantize(
@@ -129,7 +132,7 @@ class WanNVFP4Layout(QuantizedLayout):
         return {"": qdata, "_scale": params.block_scale, "_scale_2": params.scale}
 
 
-class WanFP8Layout(QuantizedLayout):
+class WanFP8Layout(_KernelLayout):
     """FP8 (e4m3fn or e5m2) with a per-tensor or per-row fp32 scale, or none."""
 
     @dataclass(frozen=True)
@@ -140,10 +143,6 @@ class WanFP8Layout(QuantizedLayout):
     @classmethod
     def kernel_weight(cls, qdata: torch.Tensor, params: "WanFP8Layout.Params") -> FP8Weight:
         return FP8Weight(qdata, params.scale if params.has_scale else None)
-
-    @classmethod
-    def dequantize(cls, qdata, params):
-        return kernel_ops.dequantize(cls.kernel_weight(qdata, params), params.orig_dtype, params.dequant_path)
 
     @classmethod
     def quantize(
@@ -255,11 +254,6 @@ def saved_markers(qt: QuantizedTensor) -> dict[str, dict]:
     if native:
         return {"comfy_quant": {"format": "nvfp4"}}
     return {CONVENTIONS_SUFFIX: {"nibble_order": p.nibble_order, "scale_layout": p.scale_layout}}
-
-
-def json_tensor(conf: dict) -> torch.Tensor:
-    """A marker tensor: the UTF-8 JSON bytes as 1-D uint8 (what ComfyUI writes for `comfy_quant`)."""
-    return torch.tensor(list(json.dumps(conf).encode("utf-8")), dtype=torch.uint8)
 
 
 def is_ours(weight) -> bool:

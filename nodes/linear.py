@@ -17,13 +17,12 @@ import torch.nn.functional as F
 from comfy.ops import cast_bias_weight, run_every_op, uncast_bias_weight
 
 from ..checkpoint.errors import CheckpointError
-from ..checkpoint.layers import LayerSpec, build_weight
+from ..checkpoint.layers import LayerSpec, build_weight, json_marker
 from ..kernels import ops as kernel_ops
 from ..kernels.dispatch import weight_format
 from ..kernels.options import KernelOptions, PathLog
 from .comfy_layouts import (
     is_ours,
-    json_tensor,
     kernel_weight,
     quantized_weight,
     saved_markers,
@@ -112,7 +111,7 @@ class WanQuantLinear(comfy.ops.manual_cast.Linear):
             sd[prefix + "bias"] = self.bias
         if is_ours(self.weight):
             sd.update(self.weight.state_dict(prefix + "weight"))
-            sd.update({prefix + k: json_tensor(conf) for k, conf in saved_markers(self.weight).items()})
+            sd.update({prefix + k: json_marker(conf) for k, conf in saved_markers(self.weight).items()})
         elif self.weight is not None:
             sd[prefix + "weight"] = self.weight
         return sd
