@@ -13,7 +13,6 @@ import torch
 from ..kernels import (
     LINEAR,
     FP8Weight,
-    NVFP4Weight,
     dequantize_fp8,
     dequantize_nvfp4,
     nvfp4_global_scale,
@@ -111,16 +110,3 @@ QUANTIZERS = {NVFP4_TARGET: quantize_nvfp4_layer, FP8_TARGET: quantize_fp8_layer
 def quantize_layer(weight: torch.Tensor, target: str, layout: OutputLayout) -> QuantizedLayer:
     """Quantize a 2-D float weight to `target` (nvfp4 | fp8) in `layout`."""
     return QUANTIZERS[target](weight, layout)
-
-
-def as_nvfp4_weight(tensors: dict[str, torch.Tensor], n: int, k: int, layout: OutputLayout) -> NVFP4Weight:
-    """The written NVFP4 tensors as a kernel weight (for spot checks and tests)."""
-    return NVFP4Weight(
-        packed=tensors["weight"],
-        block_scale=tensors["block_scale"],
-        global_scale=tensors["global_scale"],
-        out_features=n,
-        in_features=k,
-        nibble_order=layout.nibble_order,
-        scale_layout=layout.scale_layout,
-    ).validate()

@@ -7,7 +7,6 @@ beats the runner-up by `margin_db`; the file decides when every compared layer d
 Otherwise the answer is "inconclusive" (for example an unrelated reference: every candidate is noise).
 """
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,9 +132,6 @@ class ReferenceMatch:
             verdict = "" if agree is None else (" - agrees" if agree else " - CONTRADICTS the file")
             lines.append(f"the file's own conventions: {said}, {how}{verdict}")
         return "\n".join(lines)
-
-    def to_json_text(self) -> str:
-        return json.dumps(self.to_json(), indent=2)
 
 
 # --- reading rows -------------------------------------------------------------------------------------------

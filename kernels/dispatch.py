@@ -197,8 +197,3 @@ def choose_path(req: Request, fp8_fast: bool = False, fused_max_m: int | None = 
         if rule.why_not(req) is None:
             return path
     raise PathUnavailableError(f"no kernel path can run this {req.format} {req.entry}")  # TORCH always can
-
-
-def explain(req: Request) -> dict[str, str]:
-    """path -> "ok" or the reason it cannot run (for logs, the bench and error messages)."""
-    return {path: CONSTRAINTS[path].why_not(req) or "ok" for path in PATHS}
