@@ -104,6 +104,16 @@ def _model_dtype(options: LoaderOptions, info, sd) -> torch.dtype | None:
     )
 
 
+def _honour_compute_dtype(patcher, options: LoaderOptions):
+    """An explicit compute dtype is the dtype the model runs in. ComfyUI stores the model in it but
+    manual-casts to what it deems fast on the device (fp32 on CPU, fp16 for bf16 on pre-Ampere GPUs); where
+    that differs, the choice wins through ComfyUI's own mechanism (the stock ModelComputeDtype node's)."""
+    chosen = COMPUTE_DTYPES[options.compute_dtype]
+    if chosen is not None and patcher.model.get_dtype_inference() != chosen:
+        patcher.set_model_compute_dtype(chosen)
+    return patcher
+
+
 def _plan(path: Path, info, options: LoaderOptions) -> LoadPlan:
     kernel = KernelOptions(path=options.kernel_path)
     return LoadPlan(
@@ -135,7 +145,7 @@ def _load_native(path: Path, info, options: LoaderOptions, disable_dynamic: bool
         str(path), model_options={} if dtype is None else {"dtype": dtype}, disable_dynamic=disable_dynamic
     )
     LOG.info("WAN NVFP4: %s: loaded by ComfyUI's native path (%s)", path.name, info.variant.id)
-    return patcher
+    return _honour_compute_dtype(patcher, options)
 
 
 def load_wan_model(path: str | Path, options: LoaderOptions = LoaderOptions(), disable_dynamic: bool = False):
@@ -160,7 +170,7 @@ def load_wan_model(path: str | Path, options: LoaderOptions = LoaderOptions(), d
     patcher.cached_patcher_init = (load_wan_model, (str(path), options))
     lora.register(patcher)
     LOG.info("WAN NVFP4: %s: %s; %s", path.name, info.variant.id, _format_summary(info))
-    return patcher
+    return _honour_compute_dtype(patcher, options)
 
 
 def _format_summary(info) -> str:

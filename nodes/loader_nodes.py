@@ -24,7 +24,8 @@ ADVANCED_OPTIONS = {
     "compute_dtype": (
         tuple(COMPUTE_DTYPES),
         AUTO_CHOICE,
-        "dtype the model runs in; auto picks what ComfyUI picks for quantized models on this device",
+        "dtype the model runs in (bf16/fp16 are honoured on every device, CPU included); auto picks what "
+        "ComfyUI picks for quantized models on this device",
     ),
     "kernel_path": (
         KERNEL_PATHS,

@@ -191,8 +191,11 @@ class ComfyServer:
 
 
 @contextmanager
-def comfy_server(root: Path, args: Sequence[str], log_name: str = "server.log") -> Iterator[ComfyServer]:
-    """ComfyUI started from COMFYUI_PATH with `args` (e.g. `--cpu`), always terminated on exit."""
+def comfy_server(
+    root: Path, args: Sequence[str], log_name: str = "server.log", env: dict[str, str] | None = None
+) -> Iterator[ComfyServer]:
+    """ComfyUI started from COMFYUI_PATH with `args` (e.g. `--cpu`) and `env` added to this process's
+    environment, always terminated on exit."""
     port = free_port()
     cmd = [
         sys.executable,
@@ -210,7 +213,9 @@ def comfy_server(root: Path, args: Sequence[str], log_name: str = "server.log") 
     ]
     log = root / log_name
     with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, cwd=root, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            cmd, cwd=root, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+        )
     server = ComfyServer(f"http://127.0.0.1:{port}", root, log)
     try:
         _wait_until_serving(proc, server)

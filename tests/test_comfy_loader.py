@@ -212,3 +212,32 @@ def test_reference_is_ignored_for_a_file_without_nvfp4_layers(loader, tmp_path):
     reference = FIXTURES["bf16"](variant=fx.variant).write(tmp_path / "ref")
     _, err = _load_and_compare(loader, fx, tmp_path, loader.LoaderOptions(reference_path=str(reference)))
     assert err <= MAX_REL_ERR
+
+
+# auto on this CPU: ComfyUI's own choice for quantized models (fp32 compute)
+COMPUTE_DTYPE_CASES = {"auto": (torch.float32, MAX_REL_ERR), "bf16": (torch.bfloat16, 3e-2)}
+
+
+@pytest.mark.parametrize("choice", list(COMPUTE_DTYPE_CASES))
+@pytest.mark.parametrize("kernel_path", ["auto", "comfyui-native"])
+def test_compute_dtype_is_what_the_quantized_layers_receive(loader, tmp_path, choice, kernel_path):
+    """The Advanced loader's compute dtype is honoured on CPU too, where ComfyUI would manual-cast to fp32.
+
+    Tolerance: a bf16 forward of the tiny model is ~8e-3 from fp32 (docs/comfyui.md)."""
+    expected, tol = COMPUTE_DTYPE_CASES[choice]
+    fx = FIXTURES["comfy_nvfp4"]()
+    options = loader.LoaderOptions(compute_dtype=choice, kernel_path=kernel_path)
+    patcher = loader.load_wan_model(fx.write(tmp_path), options)
+    q = patcher.model.diffusion_model.blocks[0].self_attn.q
+    seen = []
+    handle = q.register_forward_pre_hook(lambda module, args: seen.append(args[0].dtype))
+    inputs = H.forward_inputs(fx.variant)
+    try:
+        ours = H.run(patcher, inputs)
+    finally:
+        handle.remove()
+    oracle = H.run(H.vanilla_model(H.oracle_state_dict(fx)), inputs)
+    H.unload()
+    assert seen == [expected], f"{choice}: the quantized layer received {seen}"
+    err = H.rel_err(ours, oracle)
+    assert err <= tol, f"{choice}: relative error {err:.3g} vs the fp32 oracle"
