@@ -241,3 +241,28 @@ def test_compute_dtype_is_what_the_quantized_layers_receive(loader, tmp_path, ch
     assert seen == [expected], f"{choice}: the quantized layer received {seen}"
     err = H.rel_err(ours, oracle)
     assert err <= tol, f"{choice}: relative error {err:.3g} vs the fp32 oracle"
+
+
+def test_pair_loader_loads_both_experts_with_the_same_settings(loader, tmp_path):
+    """The 2.2 A14B pair node: two independent models, each its own file, both with the node's settings."""
+    c = H.comfy()
+    folder = H.fixture_folder(tmp_path)
+    c["folder_paths"].add_model_folder_path("diffusion_models", str(folder))
+    from wan_nvfp4.nodes.loader_nodes import WanNVFP4PairLoader
+
+    high = FIXTURES["modelopt_nvfp4"](variant="wan2.2-t2v-a14b", seed=1)
+    low = FIXTURES["kijai_fp8"](variant="wan2.2-t2v-a14b", seed=2)
+    names = [fx.write(folder).name for fx in (high, low)]
+    out = WanNVFP4PairLoader.execute(*names, kernel_path="torch", lora_mode="merge")
+    patchers = out.result
+    assert len(patchers) == 2 and patchers[0].model is not patchers[1].model
+    inputs = H.forward_inputs(high.variant)
+    for fx, patcher in zip((high, low), patchers, strict=True):
+        q = patcher.model.diffusion_model.blocks[0].self_attn.q
+        assert (q.plan.kernel_options.path, q.wan_nvfp4_lora_mode) == ("torch", "merge")
+        assert q.plan.path.endswith(fx.filename)
+        err = H.rel_err(H.run(patcher, inputs), H.run(H.vanilla_model(H.oracle_state_dict(fx)), inputs))
+        assert err <= MAX_REL_ERR, f"{fx.name}: relative error {err:.3g} vs its own oracle"
+    other = H.rel_err(H.run(patchers[0], inputs), H.run(patchers[1], inputs))
+    assert other > 0.3, "the two experts must be different models (negative check)"
+    H.unload()
