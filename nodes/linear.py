@@ -28,7 +28,7 @@ from .comfy_layouts import (
     saved_markers,
     with_orig_dtype,
 )
-from .lora import EXACT, ExactLoraPatch, drop_superseded
+from .lora import EXACT, ExactLoraPatch, drop_superseded, lazy_merged_weight
 
 LORA_PATH = "dequant+lora"  # what the path log records for a forward with LoRA patches
 
@@ -110,7 +110,8 @@ class WanQuantLinear(comfy.ops.manual_cast.Linear):
         if self.bias is not None:
             sd[prefix + "bias"] = self.bias
         if is_ours(self.weight):
-            sd.update(self.weight.state_dict(prefix + "weight"))
+            weight_key = prefix + "weight"
+            sd.update(lazy_merged_weight(self, weight_key, self.weight.state_dict(weight_key)))
             sd.update({prefix + k: json_marker(conf) for k, conf in saved_markers(self.weight).items()})
         elif self.weight is not None:
             sd[prefix + "weight"] = self.weight

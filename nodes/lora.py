@@ -7,8 +7,19 @@ loader, copied to every clone, so also to `LoraLoaderModelOnly`'s) gives each fu
 `LowVramPatch`, the same object ComfyUI uses for lowvram modules. Unpatching ComfyUI-style restores the
 original: nothing of the weight was changed, and the next load rebuilds the functions from that patcher's
 patches. In `merge` mode nothing here runs and `set_weight` requantizes like ComfyUI does.
+
+Saving (ModelSave / CheckpointSave): ComfyUI writes a fully loaded module's `state_dict()` as it is, which in
+exact mode is the stored weight without the LoRA. `lazy_merged_weight` gives `state_dict()` pieces that merge
+the LoRA when the file is written, exactly as `merge` mode would have (ComfyUI's lazy-caster protocol:
+safetensors moves each tensor to the CPU with `.to()`).
 """
 
+import collections
+
+import comfy.lora
+import comfy.model_management
+import comfy.utils
+import torch
 from comfy.model_patcher import LowVramPatch
 from comfy.patcher_extension import CallbacksMP
 
@@ -28,6 +39,63 @@ def drop_superseded(functions: list) -> list:
     """Our patch, minus duplicates: if ComfyUI later put its own LowVramPatch for the key, ours goes."""
     theirs = {f.key for f in functions if isinstance(f, LowVramPatch) and not isinstance(f, ExactLoraPatch)}
     return [f for f in functions if not (isinstance(f, ExactLoraPatch) and f.key in theirs)]
+
+
+def exact_patch(functions: list) -> "ExactLoraPatch | None":
+    """Our patch among a module's weight functions, unless ComfyUI's own one for the key supersedes it."""
+    return next((f for f in drop_superseded(functions) if isinstance(f, ExactLoraPatch)), None)
+
+
+LAZY_MERGE_DEVICE = collections.namedtuple("LazyMergeDevice", ["type", "index"])("wan-nvfp4-lazy-merge", 0)
+
+
+class _LoraMerge:
+    """The merged, requantized weight of one module, computed once on first use (what `patch_weight_to_device`
+    computes in merge mode: same compute dtype, same stochastic-rounding seed)."""
+
+    def __init__(self, module, patch: ExactLoraPatch, weight_key: str):
+        self.module, self.patch, self.weight_key = module, patch, weight_key
+        self.tensors: dict[str, torch.Tensor] | None = None
+
+    def tensor(self, key: str) -> torch.Tensor:
+        if self.tensors is None:
+            module, weight = self.module, self.module.weight
+            temp = weight.to(comfy.model_management.lora_compute_dtype(weight.device), copy=True)
+            merged = comfy.lora.calculate_weight(
+                self.patch.patches[self.patch.key], module.convert_weight(temp), self.patch.key
+            )
+            seed = comfy.utils.string_to_seed(self.patch.key)
+            merged = module.set_weight(merged, seed=seed, return_weight=True)
+            self.tensors = {k: v.to("cpu") for k, v in merged.state_dict(self.weight_key).items()}
+        return self.tensors[key]
+
+
+class LazyMergedPiece(torch.nn.Parameter):
+    """One tensor of a LoRA-merged weight, standing in the state dict with the stored tensor's dtype and shape
+    until safetensors moves it to the CPU."""
+
+    def __new__(cls, merge: _LoraMerge, key: str, stored: torch.Tensor):
+        return super().__new__(cls, stored, requires_grad=False)
+
+    def __init__(self, merge: _LoraMerge, key: str, stored: torch.Tensor):
+        self.merge, self.key = merge, key
+
+    @property
+    def device(self):
+        return LAZY_MERGE_DEVICE
+
+    def to(self, *args, **kwargs):
+        return self.merge.tensor(self.key)
+
+
+def lazy_merged_weight(module, weight_key: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`tensors` (the stored weight's state-dict entries) as lazily merged pieces when an exact-mode LoRA
+    patch is installed on `module`, else unchanged."""
+    patch = exact_patch(module.weight_function)
+    if patch is None:
+        return tensors
+    merge = _LoraMerge(module, patch, weight_key)
+    return {k: LazyMergedPiece(merge, k, v) for k, v in tensors.items()}
 
 
 def install_exact_patches(
