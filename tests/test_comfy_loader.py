@@ -215,7 +215,11 @@ def test_reference_is_ignored_for_a_file_without_nvfp4_layers(loader, tmp_path):
 
 
 # auto on this CPU: ComfyUI's own choice for quantized models (fp32 compute)
-COMPUTE_DTYPE_CASES = {"auto": (torch.float32, MAX_REL_ERR), "bf16": (torch.bfloat16, 3e-2)}
+COMPUTE_DTYPE_CASES = {
+    "auto": (torch.float32, MAX_REL_ERR),
+    "bf16": (torch.bfloat16, 3e-2),
+    "fp16": (torch.float16, 3e-2),
+}
 
 
 @pytest.mark.parametrize("choice", list(COMPUTE_DTYPE_CASES))
