@@ -5,8 +5,16 @@ from comfy_api.latest import ComfyExtension, io
 from .doctor_node import WanNVFP4Doctor
 from .loader_nodes import WanNVFP4Loader, WanNVFP4LoaderAdvanced, WanNVFP4PairLoader
 from .quantize_node import WanQuantizeCheckpoint
+from .repair_node import WanRepairCheckpoint
 
-NODES = [WanNVFP4Loader, WanNVFP4LoaderAdvanced, WanNVFP4PairLoader, WanNVFP4Doctor, WanQuantizeCheckpoint]
+NODES = [
+    WanNVFP4Loader,
+    WanNVFP4LoaderAdvanced,
+    WanNVFP4PairLoader,
+    WanNVFP4Doctor,
+    WanQuantizeCheckpoint,
+    WanRepairCheckpoint,
+]
 
 
 class WanNVFP4Extension(ComfyExtension):

@@ -4,40 +4,16 @@ Thin wrapper: the work is `checkpoint.convert.convert_checkpoint`; this file onl
 drives ComfyUI's progress bar and returns the per-layer report as text.
 """
 
-import os
 from pathlib import Path
 
-import comfy.utils
 import folder_paths
 from comfy_api.latest import io
 
 from ..checkpoint.convert import KEEP_DTYPES, ConvertOptions, convert_checkpoint
 from ..checkpoint.output_formats import LAYOUTS
 from ..checkpoint.presets import PRESETS, TARGETS, PresetOptions
-from .loader_nodes import TOOLS_CATEGORY
-
-FOLDER = "diffusion_models"
-PROGRESS_STEPS = 1000
-OUTPUT_SUFFIXES = (".safetensors", ".sft")
-
-
-def target_path(name: str, source: Path) -> Path:
-    """`name` as a plain file name next to the source, i.e. in the same `diffusion_models` folder."""
-    clean = name.strip()
-    if not clean or Path(clean).name != clean or clean in (".", ".."):
-        raise ValueError(f"target name must be a plain file name (no folders), got {name!r}")
-    if not clean.endswith(OUTPUT_SUFFIXES):
-        clean += ".safetensors"
-    return Path(source).parent / clean
-
-
-def _progress_bar_callback():
-    bar = comfy.utils.ProgressBar(PROGRESS_STEPS)
-
-    def callback(done: int, total: int, label: str) -> None:
-        bar.update_absolute(PROGRESS_STEPS * done // total if total else PROGRESS_STEPS, PROGRESS_STEPS)
-
-    return callback
+from .file_jobs import job_output, progress_bar_callback, target_path
+from .loader_nodes import FOLDER, TOOLS_CATEGORY
 
 
 class WanQuantizeCheckpoint(io.ComfyNode):
@@ -100,6 +76,4 @@ class WanQuantizeCheckpoint(io.ComfyNode):
             keep_dtype=KEEP_DTYPES[keep_dtype],
             overwrite=overwrite,
         )
-        report = convert_checkpoint(src, dst, options, progress=_progress_bar_callback())
-        text = report.to_text()
-        return io.NodeOutput(text, ui={"text": [f"wrote {os.fspath(dst)}"]})
+        return job_output(convert_checkpoint(src, dst, options, progress=progress_bar_callback()), dst)

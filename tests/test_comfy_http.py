@@ -74,7 +74,7 @@ def test_doctor_node_shows_the_report(server):
 
 def test_pack_nodes_in_object_info(server):
     info = get_json(server["base"], "/object_info")
-    for node in PACK_NODES | {"WanQuantizeCheckpoint"}:
+    for node in PACK_NODES | {"WanQuantizeCheckpoint", "WanRepairCheckpoint"}:
         assert node in info, f"{node} missing from /object_info"
     loader = info["WanNVFP4Loader"]
     assert loader["output"] == ["MODEL"] and GOOD in loader["input"]["required"]["unet_name"][1]["options"]

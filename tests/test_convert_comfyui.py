@@ -141,3 +141,48 @@ def test_quantize_node_writes_into_diffusion_models_with_progress(tmp_path):
     assert len(kept_block) == 10  # keep_last_blocks=1
     with pytest.raises(ValueError, match="plain file name"):
         WanQuantizeCheckpoint.execute(src.name, "../escape", "nvfp4", "comfy", "wan", 0, 0, "source", False)
+
+
+def test_repair_node_with_a_reference_makes_a_file_vanilla_comfyui_reads(tmp_path):
+    """The stripped ModelOpt file states nothing; the node's reference decides, vanilla ComfyUI then loads the
+    repaired file right. An unrelated reference is refused and writes nothing; the source is never touched."""
+    import hashlib
+
+    from wan_nvfp4.checkpoint import CheckpointError
+
+    c = H.comfy()
+    folder = H.fixture_folder(tmp_path)
+    c["folder_paths"].add_model_folder_path("diffusion_models", str(folder))
+    fx = FIXTURES["modelopt_nvfp4_stripped"]()
+    src = fx.write(folder)
+    reference = FIXTURES["bf16"](variant=fx.variant).write(tmp_path / "ref")
+    reference = reference.rename(folder / "reference_bf16.safetensors")
+    unrelated = FIXTURES["bf16"](variant=fx.variant, seed=7).write(tmp_path / "other")
+    unrelated = unrelated.rename(folder / "unrelated_bf16.safetensors")
+    before = hashlib.sha256(src.read_bytes()).hexdigest()
+    from wan_nvfp4.nodes.repair_node import WanRepairCheckpoint
+
+    schema = WanRepairCheckpoint.define_schema()
+    assert schema.display_name == "WAN NVFP4 Repair Checkpoint"
+    with pytest.raises(CheckpointError, match="reference could not decide"):
+        WanRepairCheckpoint.execute(source=src.name, target_name="refused", reference_name=unrelated.name)
+    assert not (folder / "refused.safetensors").exists()
+    calls = []
+    c["utils"].set_progress_bar_global_hook(
+        lambda value, total, preview, node_id=None: calls.append((value, total))
+    )
+    try:
+        result = WanRepairCheckpoint.execute(source=src.name, target_name="", reference_name=reference.name)
+    finally:
+        c["utils"].set_progress_bar_global_hook(None)
+    dst = folder / f"{src.stem}_repaired.safetensors"
+    assert dst.exists() and calls and calls[-1] == (1000, 1000)
+    assert "blocks.0.self_attn.q" in result.args[0]
+    assert hashlib.sha256(src.read_bytes()).hexdigest() == before, "the source must never be modified"
+    inputs = H.forward_inputs(fx.variant)
+    out = H.run(_load_vanilla(dst), inputs)
+    oracle = H.run(H.vanilla_model(H.oracle_state_dict(fx)), inputs)
+    assert H.rel_err(out, oracle) <= CORRECT
+    H.unload()
+    with pytest.raises(ValueError, match="plain file name"):
+        WanRepairCheckpoint.execute(source=src.name, target_name="../escape")
