@@ -53,6 +53,10 @@ ADVANCED_OPTIONS = {
 }
 
 
+# pair loader: reference input -> which expert it is for
+PAIR_REFERENCES = {"high_noise_reference": "high-noise", "low_noise_reference": "low-noise"}
+
+
 def unet_input(name: str = "unet_name", tooltip: str = "WAN diffusion model (diffusion_models folder)"):
     return io.Combo.Input(name, options=folder_paths.get_filename_list(FOLDER), tooltip=tooltip)
 
@@ -64,21 +68,20 @@ def advanced_inputs() -> list:
     ]
 
 
-def reference_input(tooltip: str) -> io.Combo.Input:
+def reference_input(tooltip: str, name: str = "reference_name") -> io.Combo.Input:
     """Optional: the same model in another precision (bf16/fp16/fp8), from `diffusion_models`."""
     options = [NO_REFERENCE, *folder_paths.get_filename_list(FOLDER)]
-    return io.Combo.Input(
-        "reference_name", options=options, default=NO_REFERENCE, optional=True, tooltip=tooltip
-    )
+    return io.Combo.Input(name, options=options, default=NO_REFERENCE, optional=True, tooltip=tooltip)
 
 
 def reference_path(name: str) -> str | None:
     return None if name == NO_REFERENCE else folder_paths.get_full_path_or_raise(FOLDER, name)
 
 
-def options_from(kwargs: dict) -> LoaderOptions:
+def options_from(kwargs: dict, reference_key: str = "reference_name") -> LoaderOptions:
+    """The Advanced settings from a node's inputs; the reference from input `reference_key`."""
     chosen = {name: kwargs.get(name, default) for name, (_, default, _) in ADVANCED_OPTIONS.items()}
-    return LoaderOptions(**chosen, reference_path=reference_path(kwargs.get("reference_name", NO_REFERENCE)))
+    return LoaderOptions(**chosen, reference_path=reference_path(kwargs.get(reference_key, NO_REFERENCE)))
 
 
 def load(unet_name: str, options: LoaderOptions):
@@ -144,11 +147,17 @@ class WanNVFP4PairLoader(io.ComfyNode):
             node_id="WanNVFP4PairLoader",
             display_name="WAN NVFP4 Loader (2.2 A14B pair)",
             category=CATEGORY,
-            description="Loads the two WAN 2.2 A14B experts (high noise, low noise) with the same settings.",
+            description="Loads the two WAN 2.2 A14B experts (high noise, low noise) with the same settings; "
+            "each expert can have its own reference (the same expert in another precision) that decides "
+            "conventions its file does not state.",
             inputs=[
                 unet_input("high_noise_unet", "WAN 2.2 A14B high-noise expert"),
                 unet_input("low_noise_unet", "WAN 2.2 A14B low-noise expert"),
                 *advanced_inputs(),
+                *(
+                    reference_input(f"optional: the {label} expert in bf16/fp16/fp8", key)
+                    for key, label in PAIR_REFERENCES.items()
+                ),
             ],
             outputs=[
                 io.Model.Output("high_noise_model", display_name="high_noise_model"),
@@ -158,5 +167,5 @@ class WanNVFP4PairLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, high_noise_unet, low_noise_unet, **kwargs) -> io.NodeOutput:
-        options = options_from(kwargs)
-        return io.NodeOutput(load(high_noise_unet, options), load(low_noise_unet, options))
+        high, low = (options_from(kwargs, key) for key in PAIR_REFERENCES)
+        return io.NodeOutput(load(high_noise_unet, high), load(low_noise_unet, low))

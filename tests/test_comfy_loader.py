@@ -270,3 +270,33 @@ def test_pair_loader_loads_both_experts_with_the_same_settings(loader, tmp_path)
     other = H.rel_err(H.run(patchers[0], inputs), H.run(patchers[1], inputs))
     assert other > 0.3, "the two experts must be different models (negative check)"
     H.unload()
+
+
+def test_pair_loader_reference_per_expert(loader, tmp_path):
+    """Undecidable files for both experts: each expert's own reference decides its conventions; swapping the
+    references is refused (each reference is unrelated to the other expert)."""
+    from wan_nvfp4.checkpoint import CheckpointError
+
+    c = H.comfy()
+    folder = H.fixture_folder(tmp_path)
+    c["folder_paths"].add_model_folder_path("diffusion_models", str(folder))
+    from wan_nvfp4.nodes.loader_nodes import WanNVFP4PairLoader
+
+    variant = "wan2.2-t2v-a14b"
+    experts = [FIXTURES["modelopt_nvfp4_stripped"](variant=variant, seed=s) for s in (1, 2)]
+    names = []
+    for fx, expert in zip(experts, ("high", "low"), strict=True):  # fixture file names do not name the seed
+        path = fx.write(tmp_path / expert)
+        names.append(path.rename(folder / f"{expert}_{path.name}").name)
+    refs = []
+    for seed in (1, 2):  # the same seeded models as the experts, in bf16
+        ref = FIXTURES["bf16"](variant=variant, seed=seed).write(tmp_path / f"ref{seed}")
+        refs.append(ref.rename(folder / f"reference_{seed}.safetensors").name)
+    out = WanNVFP4PairLoader.execute(*names, high_noise_reference=refs[0], low_noise_reference=refs[1])
+    inputs = H.forward_inputs(variant)
+    for fx, patcher in zip(experts, out.result, strict=True):
+        err = H.rel_err(H.run(patcher, inputs), H.run(H.vanilla_model(H.oracle_state_dict(fx)), inputs))
+        assert err <= MAX_REL_ERR, f"relative error {err:.3g} with the expert's own reference"
+    H.unload()
+    with pytest.raises(CheckpointError, match="reference could not decide"):
+        WanNVFP4PairLoader.execute(*names, high_noise_reference=refs[1], low_noise_reference=refs[0])
