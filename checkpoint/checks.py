@@ -7,7 +7,7 @@ only when asked (`scan_block_scales`); the packed weights are never read.
 import torch
 
 from ..kernels import LINEAR, NVFP4_BLOCK, SWIZZLED, swizzled_shape
-from .layers import FLOAT, FP8, FP8_SCALED, NVFP4, LayerSpec
+from .layers import FLOAT, FP8, FP8_SCALED, GLOBAL_SCALE_RULES, NVFP4, LayerSpec, global_scale_rule
 from .problems import ERROR, WARNING, Problem
 from .stream_read import read_tensor
 
@@ -167,22 +167,17 @@ def check_nvfp4(source, spec: LayerSpec, scan_block_scales: bool = False) -> lis
         )
     elif not out:
         out += _block_scale_problems(source, spec, scan_block_scales)
-    lightx2v = {"alpha", "input_global_scale"} & spec.tensors.keys()
-    if "global_scale" in spec.tensors:
-        out += _scalar_problems(source, spec, "global_scale", "second-level scale (weight_scale_2)")
-    elif len(lightx2v) == 2:
-        out += _scalar_problems(source, spec, "alpha", "LightX2V alpha")
-        out += _scalar_problems(source, spec, "input_global_scale", "LightX2V input_global_scale")
+    rule = global_scale_rule(spec)
+    if rule is not None:
+        roles, description, _ = rule
+        for role in roles:
+            out += _scalar_problems(source, spec, role, f"second-level scale ({description}: {role})")
     else:
-        found = f"only {', '.join(sorted(lightx2v))}" if lightx2v else "neither"
+        partial = sorted(r for roles, _, _ in GLOBAL_SCALE_RULES for r in roles if r in spec.tensors)
+        found = f"only {', '.join(partial)}" if partial else "none of them"
+        expected = f"{spec.key}." + ", or ".join(description for _, description, _ in GLOBAL_SCALE_RULES)
         out.append(
-            Problem(
-                ERROR,
-                "missing the second-level scale",
-                spec.key,
-                f"{spec.key}.weight_scale_2 (fp32 scalar), or LightX2V alpha + input_global_scale",
-                found,
-            )
+            Problem(ERROR, "missing the second-level scale", spec.key, f"{expected} (fp32 scalars)", found)
         )
     if "input_scale" in spec.tensors:
         out += _scalar_problems(source, spec, "input_scale", "activation scale (input_scale)", WARNING)

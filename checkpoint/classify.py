@@ -29,7 +29,7 @@ from .evidence import (
     provenance_summary,
 )
 from .layer_keys import EXPECTED_DTYPES, RawLayer, discover_layers, natural_key
-from .layers import FP8, FP8_SCALED, NVFP4, LayerSpec, build_weight, read_json_marker
+from .layers import FP8, FP8_SCALED, LIGHTX2V_ROLES, NVFP4, LayerSpec, build_weight, read_json_marker
 from .problems import ERROR, WARNING, Problem
 from .safetensors_io import SafetensorsFile
 from .variant import WanVariant, detect_variant
@@ -213,7 +213,7 @@ def _spec(source, raw: RawLayer, ev: FileEvidence, nibble_order, scale_layout, o
         "tensors": raw.tensors,
     }
     if raw.format == NVFP4:
-        lightx2v = bool({"alpha", "input_global_scale"} & raw.tensors.keys())
+        lightx2v = bool(LIGHTX2V_ROLES & raw.tensors.keys())
         stated_nibble, stated_layout = _stated(source, raw)
         nibble = decide_nibble_order(ev, lightx2v, nibble_order, override_reason, stated_nibble)
         layout = decide_scale_layout(
@@ -358,7 +358,7 @@ def _summary(
     ev: FileEvidence, layers: dict[str, LayerSpec], nibble_order, scale_layout, override_reason: str
 ) -> tuple[str, list[str]]:
     """The provenance line and the file-level evidence lines."""
-    lightx2v = any({"alpha", "input_global_scale"} & s.tensors.keys() for s in layers.values())
+    lightx2v = any(LIGHTX2V_ROLES & s.tensors.keys() for s in layers.values())
     scale_weight = any(s.tensors.get("scale", "").endswith(".scale_weight") for s in layers.values())
     quantized = any(s.is_quantized for s in layers.values())
     stated = any("conventions" in s.tensors for s in layers.values())

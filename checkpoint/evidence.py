@@ -18,6 +18,7 @@ from .problems import WARNING, Problem
 
 SIDECAR_NAMES = ("hf_quant_config.json",)
 MODELOPT_PRODUCER = "modelopt"
+LIGHTX2V_KEYS = "alpha / input_global_scale / weight_global_scale / input_absmax"  # how the reasons name them
 
 
 @dataclass(frozen=True)
@@ -155,7 +156,11 @@ def decide_nibble_order(
     if stated is not None:
         return Decision(stated, STATED_REASON)
     if lightx2v:
-        return Decision(LOW_FIRST, "LightX2V keys (alpha / input_global_scale): LightX2V packs low-first")
+        return Decision(
+            LOW_FIRST,
+            f"LightX2V keys ({LIGHTX2V_KEYS}): LightX2V's quantizer packs low-first "
+            "(lightx2v_kernel scaled_nvfp4_quant, cvt.e2m1x2 with the even element low)",
+        )
     if ev.modelopt:
         return Decision(LOW_FIRST, f"ModelOpt producer ({ev.modelopt_where}): ModelOpt packs low-first")
     if ev.comfy:
@@ -203,8 +208,8 @@ def decide_scale_layout(
     if lightx2v:
         return Decision(
             SWIZZLED,
-            "LightX2V scale layout is unverified: read as swizzled (a Kijai model card suggests so)",
-            assumed=True,
+            f"LightX2V keys ({LIGHTX2V_KEYS}): LightX2V's quantizer writes 128x4-swizzled scales "
+            "(lightx2v_kernel scaled_nvfp4_quant)",
         )
     return Decision(
         SWIZZLED,
@@ -249,7 +254,7 @@ def provenance_summary(
     elif ev.comfy:
         parts.append(f"ComfyUI ({ev.comfy_where})")
     if lightx2v:
-        parts.append("LightX2V (alpha / input_global_scale)")
+        parts.append(f"LightX2V ({LIGHTX2V_KEYS})")
     if ev.legacy_marker:
         parts.append("legacy ComfyUI scaled_fp8 marker")
     if kijai:

@@ -100,7 +100,7 @@ class Convention:
     description: str
     plan: Callable[[str], str]  # layer name -> format written
     comfyui: str  # what vanilla ComfyUI 0.29 does (COMFYUI.md §1.5)
-    nvfp4_style: str = "comfy"  # comfy | modelopt | lightx2v: which tensors hold the scales
+    nvfp4_style: str = "comfy"  # a key of _NVFP4_SCALE_TENSORS: which tensors hold the scales
     fp8_style: str = "comfy"  # comfy | legacy | row | plain
     nibble_order: str = HIGH_FIRST
     scale_layout: str = SWIZZLED
@@ -172,13 +172,21 @@ CONVENTIONS = {
         ),
         Convention(
             "lightx2v_nvfp4",
-            "LightX2V NVFP4: low-first, alpha + input_global_scale, no weight_scale_2 (layout unverified)",
+            "LightX2V NVFP4 (calibrated): low-first, swizzled, alpha + input_global_scale, no weight_scale_2",
             _plan_blocks(NVFP4),
             REFUSES_SIZE_MISMATCH,
             nvfp4_style="lightx2v",
             nibble_order=LOW_FIRST,
             scale_layout=SWIZZLED,
-            assumed=True,
+        ),
+        Convention(
+            "lightx2v_nvfp4_converter",
+            "LightX2V converter NVFP4: low-first, swizzled, weight_global_scale (2688 / amax) + input_absmax",
+            _plan_blocks(NVFP4),
+            REFUSES_SIZE_MISMATCH,
+            nvfp4_style="lightx2v_converter",
+            nibble_order=LOW_FIRST,
+            scale_layout=SWIZZLED,
         ),
         Convention(
             "user_replica",
@@ -278,18 +286,29 @@ def _input_scale(name: str, seed: int) -> torch.Tensor:
     return (amax / 2688.0).float()
 
 
+def _comfy_scales(conv: Convention, global_scale, input_scale) -> dict[str, torch.Tensor]:
+    out = {"weight_scale_2": global_scale.reshape(())}
+    return {**out, "input_scale": input_scale} if conv.input_scale else out
+
+
+# nvfp4_style -> the second-level and activation scale tensors (global_scale = ComfyUI's weight_scale_2)
+_NVFP4_SCALE_TENSORS = {
+    "comfy": _comfy_scales,
+    "modelopt": _comfy_scales,
+    # LightX2V after calibration (tools/convert/add_scale_to_models.py): alpha = 1 / (igs * wgs)
+    "lightx2v": lambda conv, g, s: {"alpha": (s * g).reshape(1), "input_global_scale": (1.0 / s).reshape(1)},
+    # LightX2V's converter (quant.py: weight_global_scale = 2688 / amax) + a calibrated input_absmax
+    "lightx2v_converter": lambda conv, g, s: {
+        "weight_global_scale": (1.0 / g).reshape(()),
+        "input_absmax": (s * 2688.0).reshape(()),
+    },
+}
+
+
 def _nvfp4_tensors(conv: Convention, name: str, w: torch.Tensor, seed: int) -> dict[str, torch.Tensor]:
     q = quantize_nvfp4(w.float(), nibble_order=conv.nibble_order, scale_layout=conv.scale_layout)
-    out = {"weight": q.packed, "weight_scale": q.block_scale}
-    input_scale = _input_scale(name, seed)
-    if conv.nvfp4_style == "lightx2v":
-        out["alpha"] = (input_scale * q.global_scale).reshape(1)
-        out["input_global_scale"] = (1.0 / input_scale).reshape(1)
-        return out
-    out["weight_scale_2"] = q.global_scale.reshape(())
-    if conv.input_scale:
-        out["input_scale"] = input_scale
-    return out
+    scales = _NVFP4_SCALE_TENSORS[conv.nvfp4_style](conv, q.global_scale, _input_scale(name, seed))
+    return {"weight": q.packed, "weight_scale": q.block_scale, **scales}
 
 
 def _fp8_tensors(conv: Convention, name: str, w: torch.Tensor, seed: int) -> dict[str, torch.Tensor]:

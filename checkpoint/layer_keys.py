@@ -29,6 +29,8 @@ SUFFIX_ROLES = {
     "scale_input": "scale_input",
     "alpha": "alpha",
     "input_global_scale": "input_global_scale",
+    "weight_global_scale": "inverse_global_scale",
+    "input_absmax": "input_absmax",
     "comfy_quant": "comfy_quant",
     "pre_quant_scale": "pre_quant_scale",
     CONVENTIONS_SUFFIX: "conventions",
@@ -43,6 +45,8 @@ FORMAT_ROLES = {
         "input_scale",
         "alpha",
         "input_global_scale",
+        "inverse_global_scale",
+        "input_absmax",
         "comfy_quant",
         "pre_quant_scale",
         "conventions",
@@ -52,7 +56,14 @@ FORMAT_ROLES = {
     FLOAT: {"weight", "bias", "comfy_quant"},
 }
 NOT_LINEAR = ("trainable_cond_mask",)  # 2-D `.weight` of an Embedding (WAN S2V)
-SCALE_SUFFIXES = {"weight_scale", "weight_scale_2", "scale_weight", "alpha", "input_global_scale"}
+SCALE_SUFFIXES = {
+    "weight_scale",
+    "weight_scale_2",
+    "scale_weight",
+    "alpha",
+    "input_global_scale",
+    "weight_global_scale",
+}
 
 
 def natural_key(name: str):

@@ -27,6 +27,8 @@ TENSOR_ROLES = {
     "scale_input": "legacy fp8 activation scale (`scale_input`)",
     "alpha": "LightX2V `alpha` (= input_scale * weight_scale_2)",
     "input_global_scale": "LightX2V `input_global_scale` (= 1 / input_scale)",
+    "inverse_global_scale": "LightX2V converter `weight_global_scale` (= 2688 / amax = 1 / weight_scale_2)",
+    "input_absmax": "LightX2V activation absmax (`input_absmax`; input_scale = input_absmax / 2688)",
     "comfy_quant": "ComfyUI per-layer quantization config (uint8 JSON)",
     "pre_quant_scale": "AWQ pre-quantization scale",
     "conventions": "this pack's per-layer nvfp4 conventions (uint8 JSON `nibble_order`, `scale_layout`): "
@@ -81,22 +83,39 @@ def read_json_marker(tensor: torch.Tensor) -> dict:
     return conf if isinstance(conf, dict) else {}
 
 
-def _lightx2v_global_scale(spec: LayerSpec, get: TensorGetter) -> torch.Tensor:
-    """LightX2V stores no weight_scale_2: it is alpha * input_global_scale."""
-    alpha = get(spec.tensors["alpha"]).float()
-    igs = get(spec.tensors["input_global_scale"]).float()
-    return (alpha * igs).reshape(())
+# The nvfp4 second-level scale (ComfyUI's `weight_scale_2`) from the roles a producer stores, first match
+# wins: (roles, description, value from the fp32 tensors). LightX2V's quantizer keeps the reciprocal
+# `weight_global_scale` = 2688 / amax; its calibration step replaces it with `alpha` + `input_global_scale`.
+GLOBAL_SCALE_RULES = (
+    (("global_scale",), "weight_scale_2", lambda t: t["global_scale"]),
+    (
+        ("alpha", "input_global_scale"),
+        "LightX2V alpha + input_global_scale",
+        lambda t: t["alpha"] * t["input_global_scale"],
+    ),
+    (("inverse_global_scale",), "LightX2V weight_global_scale", lambda t: 1.0 / t["inverse_global_scale"]),
+)
+# roles only LightX2V writes (its provenance evidence)
+LIGHTX2V_ROLES = frozenset({"alpha", "input_global_scale", "inverse_global_scale", "input_absmax"})
+
+
+def global_scale_rule(spec: LayerSpec):
+    """The GLOBAL_SCALE_RULES entry this layer's tensors satisfy, or None."""
+    return next((rule for rule in GLOBAL_SCALE_RULES if set(rule[0]) <= spec.tensors.keys()), None)
+
+
+def global_scale_of(spec: LayerSpec, get: TensorGetter) -> torch.Tensor:
+    """The layer's second-level scale as an fp32 scalar, however its producer stored it."""
+    rule = global_scale_rule(spec)
+    if rule is None:
+        expected = " or ".join(description for _, description, _ in GLOBAL_SCALE_RULES)
+        raise CheckpointError(None, "nvfp4 layer has no second-level scale", spec.key, expected, "nothing")
+    roles, _, value = rule
+    return value({role: get(spec.tensors[role]).float().reshape(()) for role in roles}).reshape(())
 
 
 def _nvfp4_weight(spec: LayerSpec, get: TensorGetter) -> NVFP4Weight:
-    if "global_scale" in spec.tensors:
-        global_scale = get(spec.tensors["global_scale"]).float().reshape(())
-    elif {"alpha", "input_global_scale"} <= spec.tensors.keys():
-        global_scale = _lightx2v_global_scale(spec, get)
-    else:
-        raise CheckpointError(
-            None, "nvfp4 layer has no second-level scale", spec.key, "weight_scale_2", "nothing"
-        )
+    global_scale = global_scale_of(spec, get)
     block_scale = get(spec.tensors["block_scale"])
     if block_scale.dtype == torch.uint8:
         block_scale = block_scale.view(torch.float8_e4m3fn)

@@ -25,7 +25,7 @@ from ..kernels import (
     unpack_nibbles,
 )
 from .errors import CheckpointError
-from .layers import FLOAT, FP8_SCALED, NVFP4, LayerSpec, build_weight
+from .layers import FLOAT, FP8_SCALED, NVFP4, LayerSpec, build_weight, global_scale_of
 from .safetensors_io import SafetensorsFile
 from .sqnr import format_db, sqnr_db
 
@@ -139,13 +139,6 @@ def _rows_of(source, key: str, rows: torch.Tensor) -> torch.Tensor:
     return source.tensor(key)[rows].clone()
 
 
-def _global_scale(spec: LayerSpec, source) -> torch.Tensor:
-    if "global_scale" in spec.tensors:
-        return source.tensor(spec.tensors["global_scale"]).float().reshape(())
-    alpha = source.tensor(spec.tensors["alpha"]).float()
-    return (alpha * source.tensor(spec.tensors["input_global_scale"]).float()).reshape(())
-
-
 def candidate_rows(
     spec: LayerSpec, source, rows: torch.Tensor, order: str, layout: str
 ) -> torch.Tensor | None:
@@ -166,7 +159,7 @@ def candidate_rows(
     packed = _rows_of(source, spec.tensors["weight"], rows)[:, : k // 2]
     values = e2m1_decode(unpack_nibbles(packed, order)).reshape(len(rows), cols, 16)
     block = logical[rows].float().unsqueeze(-1)
-    return ((values * block) * _global_scale(spec, source)).reshape(len(rows), k)
+    return ((values * block) * global_scale_of(spec, source.tensor)).reshape(len(rows), k)
 
 
 def reference_rows(spec: LayerSpec, source, rows: torch.Tensor) -> torch.Tensor:

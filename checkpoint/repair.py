@@ -2,8 +2,8 @@
 
 Per layer (format -> rewrite):
   nvfp4        nibbles to high_first, scales to swizzled `[round128(N), round4(K/16)]`, rows padded to 16,
-               `weight_scale_2` kept (LightX2V: `alpha * input_global_scale`), `input_scale` kept
-               (LightX2V: `1 / input_global_scale`)
+               `weight_scale_2` kept (LightX2V: `alpha * input_global_scale`, or `1 / weight_global_scale`),
+               `input_scale` kept (LightX2V: `1 / input_global_scale`, or `input_absmax / 2688`)
   fp8_scaled   per-tensor: `scale_weight` -> fp32 scalar `weight_scale`, `scale_input` -> `input_scale`
                (dropped when 1.0, as ComfyUI does); per-row: no ComfyUI-native form (see PER_ROW_FP8)
   fp8, float   copied
@@ -88,7 +88,7 @@ def _planned(key: str, dtype: torch.dtype, shape) -> PlannedTensor:
 
 def _nvfp4_outputs(spec: LayerSpec) -> dict[str, PlannedTensor]:
     plan = COMFY.plan_layer(spec.key, "nvfp4", spec.out_features, spec.in_features)
-    if "input_scale" in spec.tensors or "input_global_scale" in spec.tensors:
+    if any(role in spec.tensors for role, _ in INPUT_SCALE_RULES):
         plan["input_scale"] = _planned(spec.key + SUFFIXES["input_scale"], torch.float32, ())
     return plan
 
@@ -191,13 +191,19 @@ def native_nvfp4(weight: NVFP4Weight) -> NVFP4Weight:
     ).validate()
 
 
+# ComfyUI's `input_scale` (amax_x / 2688) from the role a producer stores, first match wins
+INPUT_SCALE_RULES = (
+    ("input_scale", lambda v: v),
+    ("input_global_scale", lambda v: 1.0 / v),  # LightX2V: 2688 / amax_x
+    ("input_absmax", lambda v: v / 2688.0),  # LightX2V calibration: amax_x
+    ("scale_input", lambda v: v),  # legacy fp8
+)
+
+
 def _input_scale(spec: LayerSpec, reader) -> torch.Tensor | None:
-    if "input_scale" in spec.tensors:
-        return reader(spec.tensors["input_scale"]).float().reshape(())
-    if "input_global_scale" in spec.tensors:  # LightX2V stores the reciprocal
-        return (1.0 / reader(spec.tensors["input_global_scale"]).float()).reshape(())
-    if "scale_input" in spec.tensors:
-        return reader(spec.tensors["scale_input"]).float().reshape(())
+    for role, value in INPUT_SCALE_RULES:
+        if role in spec.tensors:
+            return value(reader(spec.tensors[role]).float()).reshape(())
     return None
 
 

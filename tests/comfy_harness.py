@@ -56,6 +56,8 @@ def _ck_nvfp4(parts: dict, truth) -> torch.Tensor:
 
     if "weight_scale_2" in parts:
         gs = parts["weight_scale_2"].float()
+    elif "weight_global_scale" in parts:  # LightX2V converter: 2688 / amax, the reciprocal
+        gs = (1.0 / parts["weight_global_scale"].float()).reshape(())
     else:  # LightX2V: weight_scale_2 = alpha * input_global_scale (FORMATS.md §1)
         gs = (parts["alpha"].float() * parts["input_global_scale"].float()).reshape(())
     block = parts["weight_scale"].view(torch.float8_e4m3fn)

@@ -224,8 +224,9 @@ def test_missing_weight_scale_2(tmp_path):
         p.message(path),
         path,
         f"layer {LAYER}",
-        f"{LAYER}.weight_scale_2 (fp32 scalar), or LightX2V alpha + input_global_scale",
-        "neither",
+        f"{LAYER}.weight_scale_2, or LightX2V alpha + input_global_scale, or LightX2V weight_global_scale "
+        "(fp32 scalars)",
+        "none of them",
     )
     with pytest.raises(CheckpointError) as e:
         info.weight(LAYER)

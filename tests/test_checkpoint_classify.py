@@ -89,12 +89,32 @@ def test_linear_head_scale_implies_low_first(written):
     assert "linear-scale producer" in spec.evidence
 
 
-def test_lightx2v_layout_is_assumed_but_nibble_order_decided(written):
-    _, path = written["lightx2v_nvfp4"]
+@pytest.mark.parametrize(
+    ("name", "roles"),
+    [
+        ("lightx2v_nvfp4", {"alpha", "input_global_scale"}),
+        ("lightx2v_nvfp4_converter", {"inverse_global_scale"}),
+    ],
+)
+def test_lightx2v_keys_decide_both_conventions(written, name, roles):
+    """LightX2V's quantizer (lightx2v_kernel scaled_nvfp4_quant) packs low-first, writes swizzled scales."""
+    _, path = written[name]
     spec = classify_checkpoint(path).layers["blocks.0.self_attn.q"]
-    assert spec.nibble_order == LOW_FIRST and "LightX2V keys" in spec.evidence
-    assert spec.scale_layout == SWIZZLED and "unverified" in spec.evidence and spec.assumed
-    assert {"alpha", "input_global_scale"} <= spec.tensors.keys()
+    assert (spec.nibble_order, spec.scale_layout, spec.assumed) == (LOW_FIRST, SWIZZLED, False)
+    assert "LightX2V keys" in spec.evidence and "scaled_nvfp4_quant" in spec.evidence
+    assert roles <= spec.tensors.keys()
+
+
+def test_lightx2v_weight_global_scale_is_the_reciprocal(written):
+    """`weight_global_scale` = 2688 / amax: the dequant scale is its reciprocal (hand-checked on the file)."""
+    from safetensors import safe_open
+
+    _, path = written["lightx2v_nvfp4_converter"]
+    info = classify_checkpoint(path)
+    with safe_open(str(path), "pt") as f:
+        stored = f.get_tensor("blocks.0.self_attn.q.weight_global_scale").item()
+    assert stored > 1.0  # 2688 / amax of a small random weight: the reciprocal convention, not amax / 2688
+    assert info.weight("blocks.0.self_attn.q").global_scale.item() == pytest.approx(1.0 / stored, rel=1e-6)
 
 
 @pytest.mark.parametrize(("order", "layout"), [(LOW_FIRST, None), (None, LINEAR), (LOW_FIRST, LINEAR)])

@@ -75,6 +75,7 @@ REPAIRABLE = [
     "modelopt_nvfp4",
     "modelopt_comfy_single_file",
     "lightx2v_nvfp4",
+    "lightx2v_nvfp4_converter",
     "user_replica",
     "modelopt_nvfp4_stripped",
     "kijai_fp8",

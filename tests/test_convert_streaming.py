@@ -98,8 +98,9 @@ def test_peak_memory_does_not_grow_with_the_file(target, tmp_path):
     # 20 more layers (+168 MB of source) may raise the high-water mark by allocator slack only (measured
     # 0 to 26 MB for nvfp4, 0 to 2 MB for fp8); holding the model would add the whole 168 MB
     assert peaks["large"] - peaks["small"] < 6 * layer_mb, peaks
-    # the whole conversion stays well below the size of the file it converts (201 MB; measured <= 108 MB)
-    assert peaks["large"] - peaks["warm"] < 16 * layer_mb, peaks
+    # the whole conversion stays below the size of the file it converts (201 MB = 24 layers; measured 108 to
+    # 130 MB: mapped source pages count in RSS until their tensor is released)
+    assert peaks["large"] - peaks["warm"] < 20 * layer_mb, peaks
 
 
 KILLED_CONVERSION = textwrap.dedent(

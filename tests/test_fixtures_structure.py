@@ -148,6 +148,8 @@ def test_metadata_of_each_convention(built):
 def _ck_nvfp4(tensors, stem, n, k, nibble_order, scale_layout):
     if f"{stem}.weight_scale_2" in tensors:
         gs = tensors[f"{stem}.weight_scale_2"].float().reshape(())
+    elif f"{stem}.weight_global_scale" in tensors:  # LightX2V converter: 2688 / amax
+        gs = (1.0 / tensors[f"{stem}.weight_global_scale"].float()).reshape(())
     else:  # LightX2V
         gs = (tensors[f"{stem}.alpha"].float() * tensors[f"{stem}.input_global_scale"].float()).reshape(())
     scale = tensors[f"{stem}.weight_scale"]

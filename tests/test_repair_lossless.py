@@ -28,6 +28,7 @@ FOREIGN = [
     "modelopt_nvfp4_sidecar",
     "modelopt_comfy_single_file",
     "lightx2v_nvfp4",
+    "lightx2v_nvfp4_converter",
     "user_replica",
     "nvfp4_linear_no_metadata",
     "modelopt_nvfp4_stripped",
@@ -79,7 +80,17 @@ def test_repair_is_lossless_and_comfyui_native(name, tmp_path):
     s, d = SafetensorsFile(src), SafetensorsFile(dst)
     keys = set(d.keys())
     assert not any(
-        k.endswith((".scale_weight", ".scale_input", ".alpha", ".input_global_scale")) for k in keys
+        k.endswith(
+            (
+                ".scale_weight",
+                ".scale_input",
+                ".alpha",
+                ".input_global_scale",
+                ".weight_global_scale",
+                ".input_absmax",
+            )
+        )
+        for k in keys
     )
     assert fx.prefix + "scaled_fp8" not in keys
     listed = json.loads(d.metadata["_quantization_metadata"])["layers"]
@@ -118,6 +129,19 @@ def test_lightx2v_scales_map_to_comfy_names(tmp_path):
     alpha, igs = s.tensor(f"{stem}.alpha").float(), s.tensor(f"{stem}.input_global_scale").float()
     assert d.tensor(f"{stem}.weight_scale_2").item() == (alpha * igs).item()  # weight_scale_2 = alpha * igs
     assert d.tensor(f"{stem}.input_scale").item() == pytest.approx((1 / igs).item(), rel=1e-7)
+
+
+def test_lightx2v_converter_scales_map_to_comfy_names(tmp_path):
+    """`weight_global_scale` (2688 / amax) and `input_absmax` become weight_scale_2 and input_scale."""
+    fx = FIXTURES["lightx2v_nvfp4_converter"]()
+    src = fx.write(tmp_path)
+    dst = tmp_path / "out.safetensors"
+    repair_checkpoint(src, dst)
+    s, d = SafetensorsFile(src), SafetensorsFile(dst)
+    stem = "blocks.0.self_attn.q"
+    wgs, absmax = s.tensor(f"{stem}.weight_global_scale").item(), s.tensor(f"{stem}.input_absmax").item()
+    assert d.tensor(f"{stem}.weight_scale_2").item() == pytest.approx(1 / wgs, rel=1e-7)
+    assert d.tensor(f"{stem}.input_scale").item() == pytest.approx(absmax / 2688, rel=1e-7)
 
 
 def test_stripped_modelopt_needs_a_decision(tmp_path):
