@@ -119,29 +119,28 @@ def test_repair_is_lossless_and_comfyui_native(name, tmp_path):
     assert "rewritten" in report.checks["lossless"]
 
 
-def test_lightx2v_scales_map_to_comfy_names(tmp_path):
-    fx = FIXTURES["lightx2v_nvfp4"]()
+# LightX2V file style -> (ComfyUI weight_scale_2, input_scale) by hand from the stored tensors
+LIGHTX2V_SCALES = {
+    "lightx2v_nvfp4": lambda t: (t["alpha"] * t["input_global_scale"], 1 / t["input_global_scale"]),
+    "lightx2v_nvfp4_converter": lambda t: (1 / t["weight_global_scale"], t["input_absmax"] / 2688),
+}
+
+
+@pytest.mark.parametrize("name", list(LIGHTX2V_SCALES))
+def test_lightx2v_scales_map_to_comfy_names(tmp_path, name):
+    """alpha * input_global_scale, or 1 / weight_global_scale (2688 / amax), becomes weight_scale_2."""
+    fx = FIXTURES[name]()
     src = fx.write(tmp_path)
     dst = tmp_path / "out.safetensors"
     repair_checkpoint(src, dst)
     s, d = SafetensorsFile(src), SafetensorsFile(dst)
     stem = "blocks.0.self_attn.q"
-    alpha, igs = s.tensor(f"{stem}.alpha").float(), s.tensor(f"{stem}.input_global_scale").float()
-    assert d.tensor(f"{stem}.weight_scale_2").item() == (alpha * igs).item()  # weight_scale_2 = alpha * igs
-    assert d.tensor(f"{stem}.input_scale").item() == pytest.approx((1 / igs).item(), rel=1e-7)
-
-
-def test_lightx2v_converter_scales_map_to_comfy_names(tmp_path):
-    """`weight_global_scale` (2688 / amax) and `input_absmax` become weight_scale_2 and input_scale."""
-    fx = FIXTURES["lightx2v_nvfp4_converter"]()
-    src = fx.write(tmp_path)
-    dst = tmp_path / "out.safetensors"
-    repair_checkpoint(src, dst)
-    s, d = SafetensorsFile(src), SafetensorsFile(dst)
-    stem = "blocks.0.self_attn.q"
-    wgs, absmax = s.tensor(f"{stem}.weight_global_scale").item(), s.tensor(f"{stem}.input_absmax").item()
-    assert d.tensor(f"{stem}.weight_scale_2").item() == pytest.approx(1 / wgs, rel=1e-7)
-    assert d.tensor(f"{stem}.input_scale").item() == pytest.approx(absmax / 2688, rel=1e-7)
+    keys = set(s.keys())
+    suffixes = ("alpha", "input_global_scale", "weight_global_scale", "input_absmax")
+    stored = {x: s.tensor(f"{stem}.{x}").float().item() for x in suffixes if f"{stem}.{x}" in keys}
+    global_scale, input_scale = LIGHTX2V_SCALES[name](stored)
+    assert d.tensor(f"{stem}.weight_scale_2").item() == pytest.approx(global_scale, rel=1e-7)
+    assert d.tensor(f"{stem}.input_scale").item() == pytest.approx(input_scale, rel=1e-7)
 
 
 def test_stripped_modelopt_needs_a_decision(tmp_path):
