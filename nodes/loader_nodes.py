@@ -8,6 +8,7 @@ from .loader import (
     AUTO_CHOICE,
     COMPUTE_DTYPES,
     KERNEL_PATHS,
+    LOG,
     NIBBLE_ORDER_CHOICES,
     SCALE_LAYOUT_CHOICES,
     LoaderOptions,
@@ -168,4 +169,10 @@ class WanNVFP4PairLoader(io.ComfyNode):
     @classmethod
     def execute(cls, high_noise_unet, low_noise_unet, **kwargs) -> io.NodeOutput:
         high, low = (options_from(kwargs, key) for key in PAIR_REFERENCES)
+        if high_noise_unet == low_noise_unet:
+            LOG.warning(
+                "WAN NVFP4 pair loader: %s is selected as both the high-noise and the low-noise expert; "
+                "WAN 2.2 A14B has two different experts (and this loads the file twice)",
+                high_noise_unet,
+            )
         return io.NodeOutput(load(high_noise_unet, high), load(low_noise_unet, low))

@@ -300,3 +300,16 @@ def test_pair_loader_reference_per_expert(loader, tmp_path):
     H.unload()
     with pytest.raises(CheckpointError, match="reference could not decide"):
         WanNVFP4PairLoader.execute(*names, high_noise_reference=refs[1], low_noise_reference=refs[0])
+
+
+def test_pair_loader_warns_when_one_file_is_both_experts(loader, tmp_path, caplog):
+    c = H.comfy()
+    folder = H.fixture_folder(tmp_path)
+    c["folder_paths"].add_model_folder_path("diffusion_models", str(folder))
+    from wan_nvfp4.nodes.loader_nodes import WanNVFP4PairLoader
+
+    name = FIXTURES["comfy_nvfp4"](variant="wan2.2-t2v-a14b").write(folder).name
+    with caplog.at_level("WARNING", logger="wan_nvfp4.nodes"):
+        out = WanNVFP4PairLoader.execute(name, name)
+    assert len(out.result) == 2
+    assert any("both the high-noise and the low-noise expert" in r.getMessage() for r in caplog.records)
