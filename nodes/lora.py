@@ -15,10 +15,8 @@ safetensors moves each tensor to the CPU with `.to()`).
 """
 
 import collections
+import weakref
 
-import comfy.lora
-import comfy.model_management
-import comfy.utils
 import torch
 from comfy.model_patcher import LowVramPatch
 from comfy.patcher_extension import CallbacksMP
@@ -32,7 +30,12 @@ CALLBACK_KEY = "wan_nvfp4_exact_lora"
 
 
 class ExactLoraPatch(LowVramPatch):
-    """A LowVramPatch installed by this pack on a fully loaded module (ComfyUI's own ones take precedence)."""
+    """A LowVramPatch installed by this pack on a fully loaded module (ComfyUI's own ones take precedence).
+    Keeps a weak reference to its patcher, which computes the merged weight when the model is saved."""
+
+    def __init__(self, key: str, patcher):
+        super().__init__(key, patcher.patches)
+        self.patcher = weakref.ref(patcher)
 
 
 def drop_superseded(functions: list) -> list:
@@ -50,22 +53,23 @@ LAZY_MERGE_DEVICE = collections.namedtuple("LazyMergeDevice", ["type", "index"])
 
 
 class _LoraMerge:
-    """The merged, requantized weight of one module, computed once on first use (what `patch_weight_to_device`
-    computes in merge mode: same compute dtype, same stochastic-rounding seed)."""
+    """The merged, requantized weight of one module, computed once on first use by the patcher's own
+    `patch_weight_to_device(return_weight=True)`: what merge mode computes, through our `set_weight`."""
 
-    def __init__(self, module, patch: ExactLoraPatch, weight_key: str):
-        self.module, self.patch, self.weight_key = module, patch, weight_key
+    def __init__(self, patch: ExactLoraPatch, weight_key: str):
+        self.patch, self.weight_key = patch, weight_key
         self.tensors: dict[str, torch.Tensor] | None = None
 
     def tensor(self, key: str) -> torch.Tensor:
         if self.tensors is None:
-            module, weight = self.module, self.module.weight
-            temp = weight.to(comfy.model_management.lora_compute_dtype(weight.device), copy=True)
-            merged = comfy.lora.calculate_weight(
-                self.patch.patches[self.patch.key], module.convert_weight(temp), self.patch.key
+            patcher = self.patch.patcher()
+            if patcher is None:
+                raise RuntimeError(
+                    f"{self.patch.key}: the model that holds this LoRA is gone; cannot save it"
+                )
+            merged = patcher.patch_weight_to_device(
+                self.patch.key, device_to=patcher.load_device, return_weight=True
             )
-            seed = comfy.utils.string_to_seed(self.patch.key)
-            merged = module.set_weight(merged, seed=seed, return_weight=True)
             self.tensors = {k: v.to("cpu") for k, v in merged.state_dict(self.weight_key).items()}
         return self.tensors[key]
 
@@ -94,7 +98,7 @@ def lazy_merged_weight(module, weight_key: str, tensors: dict[str, torch.Tensor]
     patch = exact_patch(module.weight_function)
     if patch is None:
         return tensors
-    merge = _LoraMerge(module, patch, weight_key)
+    merge = _LoraMerge(patch, weight_key)
     return {k: LazyMergedPiece(merge, k, v) for k, v in tensors.items()}
 
 
@@ -113,7 +117,7 @@ def install_exact_patches(
         functions = list(module.weight_function)
         if any(isinstance(f, LowVramPatch) and f.key == key for f in functions):
             continue  # offloaded module: ComfyUI already applies the patch per forward
-        module.weight_function = [ExactLoraPatch(key, patcher.patches), *functions]
+        module.weight_function = [ExactLoraPatch(key, patcher), *functions]
 
 
 def register(patcher) -> None:
