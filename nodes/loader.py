@@ -60,13 +60,15 @@ class LoaderOptions:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
 
-    def override(self, value: str) -> str | None:
-        return None if value == AUTO_CHOICE else value
+
+def override(choice: str) -> str | None:
+    """A convention widget's value as an override: None for `auto` (the classifier validates the rest)."""
+    return None if choice == AUTO_CHOICE else choice
 
 
 def _reference_overrides(path: Path, options: LoaderOptions) -> tuple[str | None, str | None, str]:
     """(nibble_order, scale_layout, reason): explicit choices first, then the reference's decision."""
-    nibble, layout = options.override(options.nibble_order), options.override(options.scale_layout)
+    nibble, layout = override(options.nibble_order), override(options.scale_layout)
     if options.reference_path is None:
         return nibble, layout, "caller override"
     nibble, layout, match = conventions_with_reference(

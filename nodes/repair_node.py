@@ -12,7 +12,7 @@ from comfy_api.latest import io
 
 from ..checkpoint.repair import PER_ROW_FP8, VERIFY_MODES, RepairOptions, repair_checkpoint
 from .file_jobs import job_output, progress_bar_callback, target_path
-from .loader import AUTO_CHOICE, NIBBLE_ORDER_CHOICES, SCALE_LAYOUT_CHOICES, LoaderOptions
+from .loader import AUTO_CHOICE, NIBBLE_ORDER_CHOICES, SCALE_LAYOUT_CHOICES, override
 from .loader_nodes import FOLDER, TOOLS_CATEGORY, reference_input, reference_path, unet_input
 
 OVERRIDES = {"nibble_order": NIBBLE_ORDER_CHOICES, "scale_layout": SCALE_LAYOUT_CHOICES}
@@ -92,10 +92,9 @@ class WanRepairCheckpoint(io.ComfyNode):
     ) -> io.NodeOutput:
         src = folder_paths.get_full_path_or_raise(FOLDER, source)
         dst = target_path(target_name.strip() or default_target_name(source), Path(src))
-        overrides = LoaderOptions(nibble_order=nibble_order, scale_layout=scale_layout)  # validates choices
         options = RepairOptions(
-            nibble_order=overrides.override(nibble_order),
-            scale_layout=overrides.override(scale_layout),
+            nibble_order=override(nibble_order),
+            scale_layout=override(scale_layout),
             per_row_fp8=per_row_fp8,
             verify=verify,
             overwrite=overwrite,
