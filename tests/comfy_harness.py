@@ -149,7 +149,9 @@ def unload():
     mm.soft_empty_cache()
 
 
-def fixture_folder(tmp: Path) -> Path:
+def models_folder(tmp: Path) -> Path:
+    """`tmp/diffusion_models`, created and registered as a ComfyUI `diffusion_models` folder."""
     folder = tmp / "diffusion_models"
     folder.mkdir(parents=True, exist_ok=True)
+    comfy()["folder_paths"].add_model_folder_path("diffusion_models", str(folder))
     return folder

@@ -249,9 +249,7 @@ def test_compute_dtype_is_what_the_quantized_layers_receive(loader, tmp_path, ch
 
 def test_pair_loader_loads_both_experts_with_the_same_settings(loader, tmp_path):
     """The 2.2 A14B pair node: two independent models, each its own file, both with the node's settings."""
-    c = H.comfy()
-    folder = H.fixture_folder(tmp_path)
-    c["folder_paths"].add_model_folder_path("diffusion_models", str(folder))
+    folder = H.models_folder(tmp_path)
     from wan_nvfp4.nodes.loader_nodes import WanNVFP4PairLoader
 
     high = FIXTURES["modelopt_nvfp4"](variant="wan2.2-t2v-a14b", seed=1)
@@ -277,9 +275,7 @@ def test_pair_loader_reference_per_expert(loader, tmp_path):
     references is refused (each reference is unrelated to the other expert)."""
     from wan_nvfp4.checkpoint import CheckpointError
 
-    c = H.comfy()
-    folder = H.fixture_folder(tmp_path)
-    c["folder_paths"].add_model_folder_path("diffusion_models", str(folder))
+    folder = H.models_folder(tmp_path)
     from wan_nvfp4.nodes.loader_nodes import WanNVFP4PairLoader
 
     variant = "wan2.2-t2v-a14b"
@@ -303,9 +299,7 @@ def test_pair_loader_reference_per_expert(loader, tmp_path):
 
 
 def test_pair_loader_warns_when_one_file_is_both_experts(loader, tmp_path, caplog):
-    c = H.comfy()
-    folder = H.fixture_folder(tmp_path)
-    c["folder_paths"].add_model_folder_path("diffusion_models", str(folder))
+    folder = H.models_folder(tmp_path)
     from wan_nvfp4.nodes.loader_nodes import WanNVFP4PairLoader
 
     name = FIXTURES["comfy_nvfp4"](variant="wan2.2-t2v-a14b").write(folder).name

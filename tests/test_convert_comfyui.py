@@ -106,8 +106,7 @@ def test_repaired_file_gives_the_original_weights_output_in_vanilla_comfyui(tmp_
 
 def test_quantize_node_writes_into_diffusion_models_with_progress(tmp_path):
     c = H.comfy()
-    folder = H.fixture_folder(tmp_path)
-    c["folder_paths"].add_model_folder_path("diffusion_models", str(folder))
+    folder = H.models_folder(tmp_path)
     src = FIXTURES["bf16"]().write(folder)
     calls = []
     c["utils"].set_progress_bar_global_hook(
@@ -152,8 +151,7 @@ def test_repair_node_with_a_reference_makes_a_file_vanilla_comfyui_reads(tmp_pat
     from wan_nvfp4.checkpoint import CheckpointError
 
     c = H.comfy()
-    folder = H.fixture_folder(tmp_path)
-    c["folder_paths"].add_model_folder_path("diffusion_models", str(folder))
+    folder = H.models_folder(tmp_path)
     fx = FIXTURES["modelopt_nvfp4_stripped"]()
     src = fx.write(folder)
     reference = FIXTURES["bf16"](variant=fx.variant).write(tmp_path / "ref")
