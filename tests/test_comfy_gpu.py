@@ -21,7 +21,7 @@ fixture's true conventions, FP8 by hand), never by the pack's kernels.
 Tolerances (relative L2 error of the saved 16x2x8x8 latent; measured on CPU, see docs/comfyui.md):
 - CPU 1e-2: fp32 compute; the oracle's weights are rounded to bf16 (2^-9 relative). Measured 2.7e-3..3.4e-3.
   ComfyUI computes in fp32 on CPU, and the fused kernel takes bf16/fp16 activations: in the interpreter mode
-  the forced-path graphs run the stock `ModelComputeDtype` node (bf16) and are held to the GPU tolerance.
+  the forced-path graphs set the Advanced loader's `compute_dtype` to bf16 and are held to the GPU tolerance.
 - GPU 3e-2: both models run bf16 activations. The oracle file holds the weights the Triton dequant produces
   (both round the fp32 dequantized weight to bf16 once), so dequant + cuBLAS matches it almost bit for bit;
   the fused kernel (fp32 accumulation and scale epilogue) rounds differently, <= 1 bf16 ulp (2^-8) per output.
@@ -51,7 +51,6 @@ from .comfy_server import (
     LOADER,
     ORACLE_LOADER,
     PACK_LOADER,
-    SAMPLING,
     comfy_server,
     kernel_path_lines,
     memory_report,
@@ -73,7 +72,6 @@ KERNEL_FORMATS = {"nvfp4": "nvfp4", "fp8_scaled": "fp8", "fp8": "fp8"}  # fixtur
 LORA_PATH = "dequant+lora"  # nodes.linear.LORA_PATH (importing nodes.linear needs ComfyUI in this process)
 TRITON_PATHS = ("triton-dequant", "triton-fused")
 INTERPRETER_ENV = (("TRITON_INTERPRET", "1"),)
-COMPUTE_DTYPE_NODE = "10"  # stock ModelComputeDtype, between the loader side and ModelSamplingSD3
 
 CPU_TOL = 1e-2
 GPU_TOL = 3e-2
@@ -96,7 +94,7 @@ class Mode:
     gpu: bool = True
     env: tuple[tuple[str, str], ...] = ()  # added to the server's environment
     forced_tol: float | None = None  # tolerance of the forced-path graphs when not `tol`
-    forced_compute_dtype: str | None = None  # ModelComputeDtype in the forced-path graphs
+    forced_inputs: tuple[tuple[str, str], ...] = ()  # more Advanced-loader inputs of the forced-path graphs
 
     @property
     def interpreted(self) -> bool:
@@ -124,7 +122,7 @@ MODES = {
         gpu=False,
         env=INTERPRETER_ENV,
         forced_tol=GPU_TOL,
-        forced_compute_dtype="bf16",
+        forced_inputs=(("compute_dtype", "bf16"),),
     ),
 }
 SAME_RESULTS = (("legacy", "dynamic"), ("dynamic-lowvram", "dynamic"), ("legacy-lowvram", "legacy"))
@@ -176,7 +174,6 @@ class Graph:
     seed: int = 1
     lora_strength: float | None = None
     loader_inputs: dict = field(default_factory=dict)
-    compute_dtype: str | None = None  # run through the stock ModelComputeDtype node
 
 
 def _oracle_name(filename: str) -> str:
@@ -200,9 +197,8 @@ def _graphs(fx, spec: Mode) -> list[Graph]:
         graphs.append(Graph("pack wrong nibble order", ADVANCED_LOADER, loader_inputs=wrong))
     if fx.name == FORCED_PATH_FIXTURE:
         for path in spec.forced_paths:
-            inputs = {"kernel_path": path}
-            role, dtype = _forced_role(path), spec.forced_compute_dtype
-            graphs.append(Graph(role, ADVANCED_LOADER, loader_inputs=inputs, compute_dtype=dtype))
+            inputs = {"kernel_path": path, **dict(spec.forced_inputs)}
+            graphs.append(Graph(_forced_role(path), ADVANCED_LOADER, loader_inputs=inputs))
     if fx.name in LORA_FIXTURES:
         graphs += [
             Graph("oracle+lora", ORACLE_LOADER, lora_strength=1.0),
@@ -219,13 +215,6 @@ def _api_graph(fx, graph: Graph, prefix: str) -> dict:
     lora = LORA_FILE if graph.lora_strength is not None else None
     api = sampling_graph(unet, graph.seed, graph.loader, lora, graph.lora_strength or 1.0, prefix)
     api[LOADER]["inputs"].update(graph.loader_inputs)
-    if graph.compute_dtype is not None:
-        model = api[SAMPLING]["inputs"]["model"]
-        api[COMPUTE_DTYPE_NODE] = {
-            "class_type": "ModelComputeDtype",
-            "inputs": {"model": model, "dtype": graph.compute_dtype},
-        }
-        api[SAMPLING]["inputs"]["model"] = [COMPUTE_DTYPE_NODE, 0]
     return api
 
 
