@@ -60,7 +60,7 @@ def wan5b_shapes(blocks: int) -> dict[str, tuple[int, ...]]:
 
 def write_source(path: Path, blocks: int) -> int:
     """Write the bf16 source tensor by tensor (with our streaming writer); returns its size in bytes."""
-    from ..checkpoint.writer import PlannedTensor, StreamingSafetensorsWriter
+    from ..checkpoint.writing.writer import PlannedTensor, StreamingSafetensorsWriter
 
     shapes = wan5b_shapes(blocks)
     plan = [PlannedTensor(k, torch.bfloat16, s) for k, s in shapes.items()]
@@ -84,7 +84,7 @@ def _status_kb(field: str) -> int:
 
 def _touch(t: torch.Tensor) -> int:
     """crc32 of every byte of the tensor (reads it all, no temporaries)."""
-    from ..checkpoint.writer import tensor_bytes
+    from ..checkpoint.writing.writer import tensor_bytes
 
     return zlib.crc32(tensor_bytes(t))
 
@@ -101,9 +101,9 @@ def _drop_page_cache(path: Path) -> None:
 
 
 def _worker(mode: str, src: str, dst: str) -> dict:
-    from ..checkpoint.convert import ConvertOptions, convert_checkpoint
-    from ..checkpoint.safetensors_io import SafetensorsFile
-    from ..checkpoint.stream_read import read_tensor
+    from ..checkpoint.reading.safetensors_io import SafetensorsFile
+    from ..checkpoint.reading.stream_read import read_tensor
+    from ..checkpoint.writing.convert import ConvertOptions, convert_checkpoint
 
     start_rss = _status_kb("VmRSS")
     t0 = time.perf_counter()

@@ -18,13 +18,13 @@ Public API (stable; other modules and the ComfyUI nodes build on it):
 - `layers.build_weight(spec, get, path)`; `errors.CheckpointError`.
 """
 
-from .classify import CheckpointInfo, classify_checkpoint, detect_prefix
+from .conventions.classify import CheckpointInfo, classify_checkpoint, detect_prefix
+from .conventions.inspect import InspectReport, inspect_checkpoint
 from .errors import CheckpointError, PickleCheckpointError
-from .inspect import InspectReport, inspect_checkpoint
 from .layers import FLOAT, FP8, FP8_SCALED, LAYER_FORMATS, NVFP4, LayerSpec, build_weight
 from .problems import ERROR, WARNING, Problem
-from .safetensors_io import SafetensorsFile, StateDictSource, open_checkpoint
-from .variant import WanDims, WanVariant, detect_variant
+from .reading.safetensors_io import SafetensorsFile, StateDictSource, open_checkpoint
+from .reading.variant import WanDims, WanVariant, detect_variant
 
 __all__ = [
     "ERROR",

@@ -1,9 +1,9 @@
 """`wan-nvfp4 convert SRC DST --to nvfp4|fp8`: quantize a float or scaled-FP8 WAN checkpoint."""
 
-from ..checkpoint.convert import KEEP_DTYPES, ConvertOptions, convert_checkpoint
-from ..checkpoint.output_formats import LAYOUTS
-from ..checkpoint.presets import PRESETS, TARGETS, PresetOptions
 from ..checkpoint.progress import TextProgress
+from ..checkpoint.writing.convert import KEEP_DTYPES, ConvertOptions, convert_checkpoint
+from ..checkpoint.writing.output_formats import LAYOUTS
+from ..checkpoint.writing.presets import PRESETS, TARGETS, PresetOptions
 from .output_args import add_output_arguments, run_job
 
 

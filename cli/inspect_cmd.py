@@ -3,8 +3,8 @@
 import json
 import sys
 
+from ..checkpoint.conventions.inspect import EXIT_UNREADABLE, inspect_checkpoint
 from ..checkpoint.errors import CheckpointError
-from ..checkpoint.inspect import EXIT_UNREADABLE, inspect_checkpoint
 from ..kernels import NIBBLE_ORDERS, SCALE_LAYOUTS
 
 
@@ -32,7 +32,7 @@ def run(args) -> int:
     reason = "caller override"
     try:
         if getattr(args, "reference", None):
-            from ..checkpoint.reference_match import compare_with_reference
+            from ..checkpoint.conventions.reference_match import compare_with_reference
 
             match = compare_with_reference(args.file, args.reference)
             # the decided conventions replace the file's evidence (explicit flags still win)

@@ -1,7 +1,7 @@
 """`wan-nvfp4 repair SRC DST`: lossless rewrite of a foreign-convention NVFP4/FP8 file, ComfyUI-native."""
 
 from ..checkpoint.progress import TextProgress
-from ..checkpoint.repair import PER_ROW_FP8, VERIFY_MODES, RepairOptions, repair_checkpoint
+from ..checkpoint.writing.repair import PER_ROW_FP8, VERIFY_MODES, RepairOptions, repair_checkpoint
 from ..kernels import NIBBLE_ORDERS, SCALE_LAYOUTS
 from .output_args import add_output_arguments, run_job
 

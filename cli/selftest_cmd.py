@@ -2,10 +2,10 @@
 
 import sys
 
+from ..checkpoint.conventions.inspect import EXIT_UNREADABLE
 from ..checkpoint.errors import CheckpointError
-from ..checkpoint.fixtures import DEFAULT_VARIANT, TINY_VARIANTS
-from ..checkpoint.inspect import EXIT_UNREADABLE
-from ..checkpoint.selftest import check_file, run_selftest
+from ..checkpoint.tiny.fixtures import DEFAULT_VARIANT, TINY_VARIANTS
+from ..checkpoint.tiny.selftest import check_file, run_selftest
 from ..kernels import NIBBLE_ORDERS, SCALE_LAYOUTS
 
 

@@ -4,7 +4,7 @@ import folder_paths
 from comfy_api.latest import io, ui
 
 from ..checkpoint import CheckpointError, inspect_checkpoint
-from ..checkpoint.reference_match import compare_with_reference
+from ..checkpoint.conventions.reference_match import compare_with_reference
 from .loader_nodes import FOLDER, TOOLS_CATEGORY, reference_input, reference_path, unet_input
 
 

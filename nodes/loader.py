@@ -18,8 +18,8 @@ import comfy.utils
 import torch
 
 from ..checkpoint import CheckpointError, classify_checkpoint, open_checkpoint
-from ..checkpoint.reference_match import conventions_with_reference
-from ..checkpoint.verdicts import LOADS_NATIVELY, comfy_view, comfyui_verdict
+from ..checkpoint.conventions.reference_match import conventions_with_reference
+from ..checkpoint.conventions.verdicts import LOADS_NATIVELY, comfy_view, comfyui_verdict
 from ..kernels.dispatch import AUTO, PATHS, REFERENCE, TORCH, TRITON_DEQUANT
 from ..kernels.options import KernelOptions, PathLog
 from . import lora

@@ -1,6 +1,6 @@
 """ComfyUI node "WAN Quantize Checkpoint": convert a model from `diffusion_models` to NVFP4 / FP8 in place.
 
-Thin wrapper: the work is `checkpoint.convert.convert_checkpoint`; this file only maps widgets to options,
+Thin wrapper: the work is `checkpoint.writing.convert.convert_checkpoint`; this file maps widgets to options,
 drives ComfyUI's progress bar and returns the per-layer report as text.
 """
 
@@ -9,9 +9,9 @@ from pathlib import Path
 import folder_paths
 from comfy_api.latest import io
 
-from ..checkpoint.convert import KEEP_DTYPES, ConvertOptions, convert_checkpoint
-from ..checkpoint.output_formats import LAYOUTS
-from ..checkpoint.presets import PRESETS, TARGETS, PresetOptions
+from ..checkpoint.writing.convert import KEEP_DTYPES, ConvertOptions, convert_checkpoint
+from ..checkpoint.writing.output_formats import LAYOUTS
+from ..checkpoint.writing.presets import PRESETS, TARGETS, PresetOptions
 from .file_jobs import job_output, progress_bar_callback, target_path
 from .loader_nodes import FOLDER, TOOLS_CATEGORY
 

@@ -1,7 +1,7 @@
 """ComfyUI node "WAN NVFP4 Repair Checkpoint": rewrite a foreign-convention file in `diffusion_models` into
 ComfyUI-native form (lossless), so that vanilla ComfyUI loads it too.
 
-Thin wrapper: the work is `checkpoint.repair.repair_checkpoint`; this file only maps widgets to options,
+Thin wrapper: the work is `checkpoint.writing.repair.repair_checkpoint`; this file maps widgets to options,
 drives ComfyUI's progress bar and returns the per-layer report as text.
 """
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import folder_paths
 from comfy_api.latest import io
 
-from ..checkpoint.repair import PER_ROW_FP8, VERIFY_MODES, RepairOptions, repair_checkpoint
+from ..checkpoint.writing.repair import PER_ROW_FP8, VERIFY_MODES, RepairOptions, repair_checkpoint
 from .file_jobs import job_output, progress_bar_callback, target_path
 from .loader import AUTO_CHOICE, NIBBLE_ORDER_CHOICES, SCALE_LAYOUT_CHOICES, override
 from .loader_nodes import FOLDER, TOOLS_CATEGORY, reference_input, reference_path, unet_input

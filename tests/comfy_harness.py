@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from wan_nvfp4.checkpoint.fixtures import TINY_VARIANTS
+from wan_nvfp4.checkpoint.tiny.fixtures import TINY_VARIANTS
 from wan_nvfp4.kernels import HIGH_FIRST, LINEAR
 
 _COMFY: dict = {}

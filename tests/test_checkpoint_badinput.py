@@ -21,8 +21,8 @@ from wan_nvfp4.checkpoint import (
     classify_checkpoint,
     inspect_checkpoint,
 )
-from wan_nvfp4.checkpoint import fixtures as F
 from wan_nvfp4.checkpoint.layers import build_weight
+from wan_nvfp4.checkpoint.tiny import fixtures as F
 
 LAYER = "blocks.0.ffn.0"
 

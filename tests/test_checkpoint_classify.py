@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from wan_nvfp4.checkpoint import StateDictSource, classify_checkpoint
-from wan_nvfp4.checkpoint import fixtures as F
 from wan_nvfp4.checkpoint.errors import CheckpointError
 from wan_nvfp4.checkpoint.layers import FLOAT, NVFP4
+from wan_nvfp4.checkpoint.tiny import fixtures as F
 from wan_nvfp4.kernels import HIGH_FIRST, LINEAR, LOW_FIRST, SWIZZLED, NVFP4Weight, dequantize
 
 ALL = sorted(F.FIXTURES)

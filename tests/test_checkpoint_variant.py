@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from wan_nvfp4.checkpoint import StateDictSource, classify_checkpoint, detect_variant
-from wan_nvfp4.checkpoint import fixtures as F
+from wan_nvfp4.checkpoint.tiny import fixtures as F
 
 
 def _meta(*shape, dtype=torch.bfloat16):

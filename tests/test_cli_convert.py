@@ -4,8 +4,8 @@ traceback, and leave nothing at the destination."""
 import errno
 import os
 
-from wan_nvfp4.checkpoint import writer as W
-from wan_nvfp4.checkpoint.fixtures import FIXTURES
+from wan_nvfp4.checkpoint.tiny.fixtures import FIXTURES
+from wan_nvfp4.checkpoint.writing import writer as W
 from wan_nvfp4.cli import main
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from wan_nvfp4.checkpoint import fixtures as F
+from wan_nvfp4.checkpoint.tiny import fixtures as F
 from wan_nvfp4.cli import main
 
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from wan_nvfp4.checkpoint import fixtures as F
-from wan_nvfp4.checkpoint.selftest import ERROR_BOUNDS, WRONG_ORDER_MIN, run_selftest
+from wan_nvfp4.checkpoint.tiny import fixtures as F
+from wan_nvfp4.checkpoint.tiny.selftest import ERROR_BOUNDS, WRONG_ORDER_MIN, run_selftest
 from wan_nvfp4.cli import main
 
 

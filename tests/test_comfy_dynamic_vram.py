@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from wan_nvfp4.checkpoint.fixtures import FIXTURES
+from wan_nvfp4.checkpoint.tiny.fixtures import FIXTURES
 
 from . import comfy_harness as H
 

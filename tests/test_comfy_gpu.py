@@ -43,7 +43,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from wan_nvfp4.checkpoint.fixtures import FIXTURES
+from wan_nvfp4.checkpoint.tiny.fixtures import FIXTURES
 from wan_nvfp4.kernels import HIGH_FIRST, LOW_FIRST
 
 from . import comfy_harness as H

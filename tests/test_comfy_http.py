@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from wan_nvfp4.checkpoint.fixtures import FIXTURES
+from wan_nvfp4.checkpoint.tiny.fixtures import FIXTURES
 
 from .comfy_server import TEST_NODE, base_sampling_graph, comfy_server, get_json, run_graph
 

@@ -5,7 +5,7 @@ weights; weights stay quantized in memory; two models with different options coe
 import pytest
 import torch
 
-from wan_nvfp4.checkpoint.fixtures import CONVENTIONS, FIXTURES, TINY_VARIANTS
+from wan_nvfp4.checkpoint.tiny.fixtures import CONVENTIONS, FIXTURES, TINY_VARIANTS
 
 from . import comfy_harness as H
 

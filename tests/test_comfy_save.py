@@ -6,9 +6,9 @@ refuses the file (never loads it silently wrong) and this pack reads it back exa
 import pytest
 import torch
 
-from wan_nvfp4.checkpoint.fixtures import FIXTURES
-from wan_nvfp4.checkpoint.inspect import inspect_checkpoint
-from wan_nvfp4.checkpoint.verdicts import LOADS_NATIVELY
+from wan_nvfp4.checkpoint.conventions.inspect import inspect_checkpoint
+from wan_nvfp4.checkpoint.conventions.verdicts import LOADS_NATIVELY
+from wan_nvfp4.checkpoint.tiny.fixtures import FIXTURES
 
 from . import comfy_harness as H
 

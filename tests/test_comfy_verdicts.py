@@ -5,13 +5,13 @@ another error, or load silently with wrong output."""
 import pytest
 
 from wan_nvfp4.checkpoint import inspect_checkpoint
-from wan_nvfp4.checkpoint.fixtures import FIXTURES
-from wan_nvfp4.checkpoint.verdicts import (
+from wan_nvfp4.checkpoint.conventions.verdicts import (
     LOADS_NATIVELY,
     LOADS_SILENTLY_WRONG,
     REFUSES_ERROR,
     REFUSES_SIZE_MISMATCH,
 )
+from wan_nvfp4.checkpoint.tiny.fixtures import FIXTURES
 
 from . import comfy_harness as H
 

@@ -5,12 +5,12 @@ and the "WAN Quantize Checkpoint" node writes into diffusion_models and drives t
 import pytest
 import torch
 
-from wan_nvfp4.checkpoint.classify import classify_checkpoint
-from wan_nvfp4.checkpoint.convert import ConvertOptions, convert_checkpoint
-from wan_nvfp4.checkpoint.fixtures import FIXTURES
+from wan_nvfp4.checkpoint.conventions.classify import classify_checkpoint
 from wan_nvfp4.checkpoint.layers import FLOAT
-from wan_nvfp4.checkpoint.repair import RepairOptions, repair_checkpoint
 from wan_nvfp4.checkpoint.sqnr import sqnr_db
+from wan_nvfp4.checkpoint.tiny.fixtures import FIXTURES
+from wan_nvfp4.checkpoint.writing.convert import ConvertOptions, convert_checkpoint
+from wan_nvfp4.checkpoint.writing.repair import RepairOptions, repair_checkpoint
 from wan_nvfp4.kernels import dequantize
 
 from . import comfy_harness as H

@@ -2,7 +2,7 @@
 
 import pytest
 
-from wan_nvfp4.checkpoint.presets import LayerSelector, PresetOptions
+from wan_nvfp4.checkpoint.writing.presets import LayerSelector, PresetOptions
 
 BLOCK_LINEARS = [
     "self_attn.q",

@@ -8,16 +8,16 @@ import math
 import pytest
 import torch
 
-from wan_nvfp4.checkpoint.classify import classify_checkpoint
-from wan_nvfp4.checkpoint.convert import ConvertOptions, convert_checkpoint
+from wan_nvfp4.checkpoint.conventions.classify import classify_checkpoint
+from wan_nvfp4.checkpoint.conventions.inspect import inspect_checkpoint
+from wan_nvfp4.checkpoint.conventions.verdicts import LOADS_NATIVELY
 from wan_nvfp4.checkpoint.errors import CheckpointError
-from wan_nvfp4.checkpoint.fixtures import FIXTURES
-from wan_nvfp4.checkpoint.inspect import inspect_checkpoint
 from wan_nvfp4.checkpoint.layers import FLOAT, FP8_SCALED, NVFP4, build_weight
-from wan_nvfp4.checkpoint.presets import PresetOptions
-from wan_nvfp4.checkpoint.safetensors_io import SafetensorsFile
+from wan_nvfp4.checkpoint.reading.safetensors_io import SafetensorsFile
 from wan_nvfp4.checkpoint.sqnr import sqnr_db
-from wan_nvfp4.checkpoint.verdicts import LOADS_NATIVELY
+from wan_nvfp4.checkpoint.tiny.fixtures import FIXTURES
+from wan_nvfp4.checkpoint.writing.convert import ConvertOptions, convert_checkpoint
+from wan_nvfp4.checkpoint.writing.presets import PresetOptions
 from wan_nvfp4.kernels import HIGH_FIRST, LINEAR, LOW_FIRST, SWIZZLED, dequantize, linear_reference
 
 ck = pytest.importorskip("comfy_kitchen")

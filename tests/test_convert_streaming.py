@@ -9,12 +9,12 @@ import textwrap
 import pytest
 import torch
 
-from wan_nvfp4.checkpoint import quantize_layer as ql
-from wan_nvfp4.checkpoint.convert import convert_checkpoint
-from wan_nvfp4.checkpoint.fixtures import FIXTURES
-from wan_nvfp4.checkpoint.output_formats import COMFY, MODELOPT
 from wan_nvfp4.checkpoint.sqnr import sqnr_db
-from wan_nvfp4.checkpoint.writer import PlannedTensor, StreamingSafetensorsWriter, temp_path_for
+from wan_nvfp4.checkpoint.tiny.fixtures import FIXTURES
+from wan_nvfp4.checkpoint.writing import quantize_layer as ql
+from wan_nvfp4.checkpoint.writing.convert import convert_checkpoint
+from wan_nvfp4.checkpoint.writing.output_formats import COMFY, MODELOPT
+from wan_nvfp4.checkpoint.writing.writer import PlannedTensor, StreamingSafetensorsWriter, temp_path_for
 from wan_nvfp4.kernels import dequantize, quantize_fp8, quantize_nvfp4
 
 ck = pytest.importorskip("comfy_kitchen")
@@ -61,7 +61,7 @@ def _write_blocks(path, blocks: int, n: int = 4096, k: int = 1024):
 PEAK_PROBE = textwrap.dedent(
     """
     import json, sys
-    from wan_nvfp4.checkpoint.convert import ConvertOptions, convert_checkpoint
+    from wan_nvfp4.checkpoint.writing.convert import ConvertOptions, convert_checkpoint
     def peak_mb():  # VmHWM: this process image's own high-water mark (ru_maxrss inherits the parent's)
         with open("/proc/self/status") as f:
             return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
@@ -106,7 +106,7 @@ def test_peak_memory_does_not_grow_with_the_file(target, tmp_path):
 KILLED_CONVERSION = textwrap.dedent(
     """
     import sys, time
-    from wan_nvfp4.checkpoint.convert import ConvertOptions, convert_checkpoint
+    from wan_nvfp4.checkpoint.writing.convert import ConvertOptions, convert_checkpoint
     def progress(done, total, label):
         print("progress", done, total, flush=True)
         time.sleep(0.2)

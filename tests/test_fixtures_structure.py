@@ -11,9 +11,9 @@ import warnings
 import pytest
 import torch
 
-from wan_nvfp4.checkpoint import fixtures as F
 from wan_nvfp4.checkpoint.layers import FLOAT, FP8, FP8_SCALED, NVFP4
-from wan_nvfp4.checkpoint.safetensors_io import SafetensorsFile
+from wan_nvfp4.checkpoint.reading.safetensors_io import SafetensorsFile
+from wan_nvfp4.checkpoint.tiny import fixtures as F
 from wan_nvfp4.kernels import HIGH_FIRST, LINEAR, LOW_FIRST
 
 ck = pytest.importorskip("comfy_kitchen")

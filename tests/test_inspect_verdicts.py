@@ -6,9 +6,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from wan_nvfp4.checkpoint import fixtures as F
 from wan_nvfp4.checkpoint import inspect_checkpoint
-from wan_nvfp4.checkpoint.verdicts import (
+from wan_nvfp4.checkpoint.conventions.verdicts import (
     LOADS_NATIVELY,
     LOADS_SILENTLY_WRONG,
     PACK_LOADS,
@@ -16,6 +15,7 @@ from wan_nvfp4.checkpoint.verdicts import (
     REFUSES_ERROR,
     REFUSES_SIZE_MISMATCH,
 )
+from wan_nvfp4.checkpoint.tiny import fixtures as F
 
 ALL = sorted(F.FIXTURES)
 

@@ -2,7 +2,7 @@
 
 import json
 
-from wan_nvfp4.checkpoint.fixtures import FIXTURES
+from wan_nvfp4.checkpoint.tiny.fixtures import FIXTURES
 from wan_nvfp4.cli import main
 
 

@@ -6,13 +6,13 @@ import json
 import pytest
 import torch
 
-from wan_nvfp4.checkpoint.fixtures import FIXTURES
-from wan_nvfp4.checkpoint.layers import NVFP4
-from wan_nvfp4.checkpoint.reference_match import (
+from wan_nvfp4.checkpoint.conventions.reference_match import (
     INCONCLUSIVE,
     compare_with_reference,
     decide_conventions,
 )
+from wan_nvfp4.checkpoint.layers import NVFP4
+from wan_nvfp4.checkpoint.tiny.fixtures import FIXTURES
 
 NVFP4_FIXTURES = sorted(
     name for name, build in FIXTURES.items() if any(t.format == NVFP4 for t in build().layers.values())
@@ -111,7 +111,7 @@ def _with_nvfp4(fx, change):
 
 def test_nan_block_scales_never_decide(references):
     """NaN block scales make every candidate's SQNR NaN: that is no evidence for any convention."""
-    from wan_nvfp4.checkpoint.safetensors_io import StateDictSource
+    from wan_nvfp4.checkpoint.reading.safetensors_io import StateDictSource
 
     fx = FIXTURES["modelopt_nvfp4"]()
 
@@ -126,7 +126,7 @@ def test_nan_block_scales_never_decide(references):
 
 def test_all_candidates_exact_is_a_tie_not_a_decision():
     """Zero weights in both files: every candidate reproduces the reference exactly (inf dB): a tie."""
-    from wan_nvfp4.checkpoint.safetensors_io import StateDictSource
+    from wan_nvfp4.checkpoint.reading.safetensors_io import StateDictSource
 
     fx, ref = FIXTURES["modelopt_nvfp4"](), FIXTURES["bf16"]()
 

@@ -9,15 +9,15 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from wan_nvfp4.checkpoint.classify import classify_checkpoint
+from wan_nvfp4.checkpoint.conventions.classify import classify_checkpoint
+from wan_nvfp4.checkpoint.conventions.inspect import inspect_checkpoint
+from wan_nvfp4.checkpoint.conventions.verdicts import LOADS_NATIVELY, REFUSES_ERROR
 from wan_nvfp4.checkpoint.errors import CheckpointError
-from wan_nvfp4.checkpoint.fixtures import FIXTURES
-from wan_nvfp4.checkpoint.inspect import inspect_checkpoint
 from wan_nvfp4.checkpoint.layers import FP8_SCALED, NVFP4, build_weight
-from wan_nvfp4.checkpoint.repair import RepairOptions, repair_checkpoint
-from wan_nvfp4.checkpoint.safetensors_io import SafetensorsFile
+from wan_nvfp4.checkpoint.reading.safetensors_io import SafetensorsFile
 from wan_nvfp4.checkpoint.sqnr import sqnr_db
-from wan_nvfp4.checkpoint.verdicts import LOADS_NATIVELY, REFUSES_ERROR
+from wan_nvfp4.checkpoint.tiny.fixtures import FIXTURES
+from wan_nvfp4.checkpoint.writing.repair import RepairOptions, repair_checkpoint
 from wan_nvfp4.kernels import HIGH_FIRST, SWIZZLED, dequantize, dequantize_nvfp4
 
 ck = pytest.importorskip("comfy_kitchen")

@@ -10,8 +10,8 @@ import torch
 from safetensors import safe_open
 
 from wan_nvfp4.checkpoint.errors import CheckpointError
-from wan_nvfp4.checkpoint.safetensors_io import read_header
-from wan_nvfp4.checkpoint.writer import (
+from wan_nvfp4.checkpoint.reading.safetensors_io import read_header
+from wan_nvfp4.checkpoint.writing.writer import (
     PlannedTensor,
     StreamingSafetensorsWriter,
     stale_temp_files,
@@ -126,7 +126,7 @@ def test_verify_catches_corrupted_bytes(tmp_path):
 KILLED_WRITER = textwrap.dedent(
     """
     import sys, time, torch
-    from wan_nvfp4.checkpoint.writer import PlannedTensor, StreamingSafetensorsWriter
+    from wan_nvfp4.checkpoint.writing.writer import PlannedTensor, StreamingSafetensorsWriter
     plan = [PlannedTensor(f"t{i}", torch.float32, (256, 256)) for i in range(50)]
     with StreamingSafetensorsWriter(sys.argv[1], plan) as w:
         for i, p in enumerate(plan):
@@ -162,7 +162,7 @@ def test_sigkill_mid_write_leaves_no_destination_and_next_writer_cleans_up(tmp_p
 @pytest.mark.parametrize("header_len", [0x0280, 0x0380, 0x0480, 0x0580])
 def test_header_length_that_looks_like_a_pickle_magic_still_reads(tmp_path, header_len):
     """A header of 0x380 bytes starts the file with 80 03 (pickle protocol 3's magic): still safetensors."""
-    from wan_nvfp4.checkpoint.writer import build_header
+    from wan_nvfp4.checkpoint.writing.writer import build_header
 
     ts = {"a": torch.arange(4.0)}
     base = len(build_header(_plan(ts), {"pad": ""})[0]) - 8
@@ -182,7 +182,7 @@ def test_disk_full_mid_write_is_a_named_error_and_leaves_nothing(tmp_path, monke
     existing destination (being overwritten) keeps its old bytes."""
     import errno
 
-    from wan_nvfp4.checkpoint import writer as W
+    from wan_nvfp4.checkpoint.writing import writer as W
 
     ts = _tensors()
     dst = tmp_path / "o.safetensors"
@@ -202,7 +202,7 @@ def test_disk_full_mid_write_is_a_named_error_and_leaves_nothing(tmp_path, monke
 
 
 def test_too_little_free_space_is_refused_before_any_work(tmp_path, monkeypatch):
-    from wan_nvfp4.checkpoint import writer as W
+    from wan_nvfp4.checkpoint.writing import writer as W
 
     real = os.statvfs(tmp_path)
     monkeypatch.setattr(W.os, "statvfs", lambda p: os.statvfs_result((*real[:4], 0, *real[5:])))

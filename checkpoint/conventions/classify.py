@@ -15,9 +15,14 @@ scales only with `scan_block_scales=True`), never the weights.
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..kernels import NIBBLE_ORDERS, SCALE_LAYOUTS
-from .checks import check_layer
-from .errors import CheckpointError
+from ...kernels import NIBBLE_ORDERS, SCALE_LAYOUTS
+from ..errors import CheckpointError
+from ..layers import FP8, FP8_SCALED, LIGHTX2V_ROLES, NVFP4, LayerSpec, build_weight, read_json_marker
+from ..problems import ERROR, WARNING, Problem
+from ..reading.checks import check_layer
+from ..reading.layer_keys import EXPECTED_DTYPES, RawLayer, discover_layers, natural_key
+from ..reading.safetensors_io import SafetensorsFile
+from ..reading.variant import WanVariant, detect_variant
 from .evidence import (
     FileEvidence,
     decide_nibble_order,
@@ -28,11 +33,6 @@ from .evidence import (
     parse_modelopt_header,
     provenance_summary,
 )
-from .layer_keys import EXPECTED_DTYPES, RawLayer, discover_layers, natural_key
-from .layers import FP8, FP8_SCALED, LIGHTX2V_ROLES, NVFP4, LayerSpec, build_weight, read_json_marker
-from .problems import ERROR, WARNING, Problem
-from .safetensors_io import SafetensorsFile
-from .variant import WanVariant, detect_variant
 
 # ComfyUI format names (`_quantization_metadata` / `.comfy_quant`) this pack reads -> layer formats that fit
 COMFY_FORMATS = {

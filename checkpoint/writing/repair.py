@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from .. import __version__
-from ..kernels import (
+from ... import __version__
+from ...kernels import (
     HIGH_FIRST,
     SWIZZLED,
     NVFP4Weight,
@@ -32,14 +32,14 @@ from ..kernels import (
     quantize_fp8,
     to_blocked,
 )
-from .errors import CheckpointError
+from ..errors import CheckpointError
+from ..layers import FP8, FP8_SCALED, NVFP4, LayerSpec, build_weight
+from ..progress import ProgressCallback, no_progress
+from ..reading.stream_read import TensorReader, release_freed_memory
+from ..sqnr import sqnr_db
 from .job_report import JobReport, LayerResult
-from .layers import FP8, FP8_SCALED, NVFP4, LayerSpec, build_weight
 from .output_formats import COMFY, QUANT_METADATA_KEY, SUFFIXES, output_metadata, round_up
-from .progress import ProgressCallback, no_progress
-from .sqnr import sqnr_db
 from .stream_job import finish_report, in_file_order, leftover_tensors, provenance, write_passthrough
-from .stream_read import TensorReader, release_freed_memory
 from .writer import PlannedTensor, StreamingSafetensorsWriter
 
 PER_ROW_FP8 = {
@@ -314,8 +314,8 @@ def repair_checkpoint(
     With `reference`, the NVFP4 conventions are decided by comparing against that file (see
     `reference_match`); an inconclusive comparison is an error unless explicit overrides are given.
     """
-    from .classify import classify_checkpoint
-    from .safetensors_io import SafetensorsFile
+    from ..conventions.classify import classify_checkpoint
+    from ..reading.safetensors_io import SafetensorsFile
 
     options = (options or RepairOptions()).validate()
     progress = progress or no_progress
@@ -324,7 +324,7 @@ def repair_checkpoint(
     notes = []
     nibble_order, scale_layout = options.nibble_order, options.scale_layout
     if reference is not None:
-        from .reference_match import conventions_with_reference
+        from ..conventions.reference_match import conventions_with_reference
 
         nibble_order, scale_layout, match = conventions_with_reference(
             source,

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from .errors import CheckpointError
-from .safetensors_io import DTYPE_NAMES, read_header
+from ..errors import CheckpointError
+from ..reading.safetensors_io import DTYPE_NAMES, read_header
 
 TEMP_SUFFIX = ".tmp"
 TEMP_TAG = ".wan-nvfp4-partial-"

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..kernels import (
+from ...kernels import (
     LINEAR,
     FP8Weight,
     dequantize_fp8,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from .. import __version__
+from ... import __version__
 from .job_report import JobReport, add_output_verdicts, default_report_path
 from .writer import PlannedTensor
 

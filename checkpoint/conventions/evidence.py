@@ -13,8 +13,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..kernels import HIGH_FIRST, LINEAR, LOW_FIRST, SWIZZLED, swizzled_shape
-from .problems import WARNING, Problem
+from ...kernels import HIGH_FIRST, LINEAR, LOW_FIRST, SWIZZLED, swizzled_shape
+from ..problems import WARNING, Problem
 
 SIDECAR_NAMES = ("hf_quant_config.json",)
 MODELOPT_PRODUCER = "modelopt"

@@ -9,8 +9,8 @@ worst layer outcome: a refusal beats silent corruption beats a native load.
 import json
 from dataclasses import dataclass, field
 
-from ..kernels import HIGH_FIRST, LINEAR, SWIZZLED, swizzled_shape
-from .layers import FLOAT, FP8, FP8_SCALED, NVFP4, LayerSpec, read_json_marker
+from ...kernels import HIGH_FIRST, LINEAR, SWIZZLED, swizzled_shape
+from ..layers import FLOAT, FP8, FP8_SCALED, NVFP4, LayerSpec, read_json_marker
 
 # What vanilla ComfyUI does with a file (the words of issue #2 / COMFYUI.md §1.5).
 LOADS_NATIVELY = "loads_natively"

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .evidence import layout_from_shape
-from .layers import CONVENTIONS_SUFFIX, FLOAT, FP8, FP8_SCALED, NVFP4
-from .problems import ERROR, WARNING, Problem
+from ..conventions.evidence import layout_from_shape
+from ..layers import CONVENTIONS_SUFFIX, FLOAT, FP8, FP8_SCALED, NVFP4
+from ..problems import ERROR, WARNING, Problem
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)

@@ -5,7 +5,7 @@ import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .sqnr import db_to_relative_error, format_db
+from ..sqnr import db_to_relative_error, format_db
 from .writer import write_json_atomic
 
 
@@ -146,7 +146,7 @@ class JobReport:
 
 def add_output_verdicts(report: JobReport, dst: str | Path) -> None:
     """Inspect the written file and record what vanilla ComfyUI 0.29 and this pack will do with it."""
-    from .inspect import inspect_checkpoint
+    from ..conventions.inspect import inspect_checkpoint
 
     inspected = inspect_checkpoint(dst, scan_block_scales=False)
     report.checks["vanilla ComfyUI 0.29"] = inspected.comfyui.summary

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import torch
 
-from ..kernels import HIGH_FIRST, LOW_FIRST, dequantize, linear_reference
-from .classify import classify_checkpoint
-from .errors import CheckpointError
+from ...kernels import HIGH_FIRST, LOW_FIRST, dequantize, linear_reference
+from ..conventions.classify import classify_checkpoint
+from ..conventions.inspect import report_for
+from ..errors import CheckpointError
+from ..layers import FLOAT, FP8, FP8_SCALED, NVFP4, LayerSpec, build_weight
 from .fixtures import DEFAULT_VARIANT, FIXTURES, TINY_VARIANTS, Fixture
-from .inspect import report_for
-from .layers import FLOAT, FP8, FP8_SCALED, NVFP4, LayerSpec, build_weight
 
 # Bound on the relative output error vs the bf16 model, per layer format (bf16 activations and outputs).
 ERROR_BOUNDS = {FLOAT: 0.01, FP8_SCALED: 0.06, FP8: 0.08, NVFP4: 0.2}
@@ -34,7 +34,7 @@ FLIP = {LOW_FIRST: HIGH_FIRST, HIGH_FIRST: LOW_FIRST}
 def _linear_backend() -> tuple[Callable, Callable[[torch.Tensor, object], str]]:
     """The pack's linear entry point and a function naming the path it takes."""
     try:
-        from ..kernels import ops
+        from ...kernels import ops
     except ImportError:
         return linear_reference, lambda x, w: "reference (kernels.linear_reference)"
     return ops.linear, lambda x, w: ops.resolve_path(x, w)

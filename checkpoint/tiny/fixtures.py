@@ -20,9 +20,10 @@ from pathlib import Path
 
 import torch
 
-from ..kernels import HIGH_FIRST, LINEAR, LOW_FIRST, SWIZZLED, quantize_fp8, quantize_nvfp4
-from .layers import FLOAT, FP8, FP8_SCALED, NVFP4, json_marker
-from .safetensors_io import StateDictSource
+from ...kernels import HIGH_FIRST, LINEAR, LOW_FIRST, SWIZZLED, quantize_fp8, quantize_nvfp4
+from ..conventions.verdicts import LOADS_NATIVELY, LOADS_SILENTLY_WRONG, REFUSES_ERROR, REFUSES_SIZE_MISMATCH
+from ..layers import FLOAT, FP8, FP8_SCALED, NVFP4, json_marker
+from ..reading.safetensors_io import StateDictSource
 from .tiny_wan import (  # noqa: F401  (re-exported: the fixtures API)
     CLIP_DIM,
     DEFAULT_VARIANT,
@@ -34,7 +35,6 @@ from .tiny_wan import (  # noqa: F401  (re-exported: the fixtures API)
     seeded_generator,
     tiny_wan_state_dict,
 )
-from .verdicts import LOADS_NATIVELY, LOADS_SILENTLY_WRONG, REFUSES_ERROR, REFUSES_SIZE_MISMATCH
 
 SIDECAR_NAME = "hf_quant_config.json"
 COMFY_PREFIX = "model.diffusion_model."

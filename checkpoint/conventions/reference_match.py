@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..kernels import (
+from ...kernels import (
     HIGH_FIRST,
     LINEAR,
     LOW_FIRST,
@@ -24,10 +24,10 @@ from ..kernels import (
     swizzled_shape,
     unpack_nibbles,
 )
-from .errors import CheckpointError
-from .layers import FLOAT, FP8_SCALED, NVFP4, LayerSpec, build_weight, global_scale_of
-from .safetensors_io import SafetensorsFile
-from .sqnr import format_db, sqnr_db
+from ..errors import CheckpointError
+from ..layers import FLOAT, FP8_SCALED, NVFP4, LayerSpec, build_weight, global_scale_of
+from ..reading.safetensors_io import SafetensorsFile
+from ..sqnr import format_db, sqnr_db
 
 INCONCLUSIVE = "inconclusive"
 CANDIDATES = tuple((order, layout) for order in (LOW_FIRST, HIGH_FIRST) for layout in (LINEAR, SWIZZLED))

@@ -12,19 +12,19 @@ from pathlib import Path
 
 import torch
 
-from .. import __version__
-from ..kernels import WeightFormatError, dequantize
-from .errors import CheckpointError
+from ... import __version__
+from ...kernels import WeightFormatError, dequantize
+from ..errors import CheckpointError
+from ..layers import FLOAT, FP8_SCALED, NVFP4, LayerSpec, build_weight
+from ..progress import ProgressCallback, no_progress
+from ..reading.safetensors_io import SafetensorsFile
+from ..reading.stream_read import TensorReader, release_freed_memory
+from ..sqnr import chunked_sqnr_db
 from .job_report import JobReport, LayerResult
-from .layers import FLOAT, FP8_SCALED, NVFP4, LayerSpec, build_weight
 from .output_formats import LAYOUTS, OutputLayout, output_metadata
 from .presets import FP8_TARGET, NVFP4_TARGET, TARGETS, LayerSelector, PresetOptions
-from .progress import ProgressCallback, no_progress
 from .quantize_layer import quantize_layer
-from .safetensors_io import SafetensorsFile
-from .sqnr import chunked_sqnr_db
 from .stream_job import finish_report, in_file_order, leftover_tensors, provenance, write_passthrough
-from .stream_read import TensorReader, release_freed_memory
 from .writer import PlannedTensor, StreamingSafetensorsWriter
 
 KEEP_DTYPES = {"source": None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -232,7 +232,7 @@ def _run_layer(job: LayerJob, reader, writer, options: ConvertOptions, path) -> 
 
 
 def _classify(source):
-    from .classify import classify_checkpoint
+    from ..conventions.classify import classify_checkpoint
 
     return classify_checkpoint(source)
 

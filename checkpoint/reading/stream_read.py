@@ -12,7 +12,7 @@ import os
 
 import torch
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 
 def read_tensor(source, name: str) -> torch.Tensor:

@@ -6,9 +6,9 @@ only when asked (`scan_block_scales`); the packed weights are never read.
 
 import torch
 
-from ..kernels import LINEAR, NVFP4_BLOCK, SWIZZLED, swizzled_shape
-from .layers import FLOAT, FP8, FP8_SCALED, GLOBAL_SCALE_RULES, NVFP4, LayerSpec, global_scale_rule
-from .problems import ERROR, WARNING, Problem
+from ...kernels import LINEAR, NVFP4_BLOCK, SWIZZLED, swizzled_shape
+from ..layers import FLOAT, FP8, FP8_SCALED, GLOBAL_SCALE_RULES, NVFP4, LayerSpec, global_scale_rule
+from ..problems import ERROR, WARNING, Problem
 from .stream_read import read_tensor
 
 SMALL_TENSOR_ELEMENTS = 1 << 20  # per-row scales of any WAN layer are far below this

@@ -8,8 +8,8 @@ fixed by issue #2: top-level `variant` and `layers` -> `format`, `nibble_order`,
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..problems import ERROR
 from .classify import CheckpointInfo, classify_checkpoint
-from .problems import ERROR
 from .verdicts import PACK_REFUSES, Verdict, comfy_view, comfyui_verdict, pack_verdict
 
 EXIT_USABLE = 0

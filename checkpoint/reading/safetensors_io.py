@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import CheckpointError, PickleCheckpointError
+from ..errors import CheckpointError, PickleCheckpointError
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 

@@ -1,0 +1,1 @@
+"""Deciding conventions: evidence, per-layer classification, reference matching, verdicts, the inspector."""

@@ -1,0 +1,1 @@
+"""Writing files: the streaming atomic writer, convert, repair, output layouts, presets and job reports."""
