@@ -1,7 +1,10 @@
 """WAN NVFP4: load, inspect, repair and convert NVFP4 / scaled-FP8 WAN checkpoints in ComfyUI.
 
-Importing this package never imports ComfyUI; ComfyUI calls `comfy_entrypoint` (node API V3).
+Importing this package never imports ComfyUI; ComfyUI calls `comfy_entrypoint` (node API V3). A ComfyUI too
+old to call it (no `comfy_api.latest`) gets one log line saying so when it imports the pack, not silence.
 """
+
+import sys
 
 __version__ = "0.1.0"
 
@@ -11,3 +14,9 @@ async def comfy_entrypoint():
     from .nodes import comfy_entrypoint as entrypoint
 
     return await entrypoint()
+
+
+if "folder_paths" in sys.modules:  # imported by ComfyUI as a custom node (the CLI and tests never have it)
+    from .nodes.comfy_compat import warn_without_node_api
+
+    warn_without_node_api()

@@ -21,6 +21,7 @@ from ..checkpoint.layers import LayerSpec, build_weight, json_marker
 from ..kernels import ops as kernel_ops
 from ..kernels.dispatch import weight_format
 from ..kernels.options import KernelOptions, PathLog
+from .comfy_compat import LINEAR_CLASS_FLAGS
 from .comfy_layouts import (
     is_ours,
     kernel_weight,
@@ -212,6 +213,9 @@ def make_operations(plan: LoadPlan):
     class Linear(WanQuantLinear):
         def __init__(self, *args, **kwargs):
             super().__init__(plan, *args, **kwargs)
+
+    for flag, value in LINEAR_CLASS_FLAGS.items():  # what newer ComfyUI versions read (comfy_compat)
+        setattr(Linear, flag, value)
 
     class WanNVFP4Operations(comfy.ops.manual_cast):
         pass
