@@ -3,8 +3,10 @@
 #
 #   .ci/comfyui_env.sh 0.33.0             # or 0.29.0, or a path to a comfyui-*.tar.gz snapshot
 #   .ci/comfyui_env.sh dev                # the pack's own test venv (no ComfyUI): the README's test command
+#   .ci/comfyui_env.sh 0.33.0 --pytest -m comfyui    # build if needed, then run pytest there on this checkout
 #
-# Prints `COMFYUI_PATH=<tree>` and `PYTHON=<venv python>` (dev: only PYTHON), ready for `eval`. The tree is
+# Prints `COMFYUI_PATH=<tree>` and `PYTHON=<venv python>` (dev: only PYTHON), ready for `eval`; with `--pytest`
+# it runs `python -m pytest -q ARGS` in that environment instead, on this checkout (COMFYUI_PATH set). The tree is
 # unpacked from the snapshot in ../shared/vendor/ (WAN_NVFP4_VENDOR overrides), the venv gets ComfyUI's
 # requirements with the pins below plus the pack's own dependencies (pyproject.toml: base + `test`). Both are
 # cached under WAN_NVFP4_CI_CACHE (default ~/.cache/wan-nvfp4-ci), keyed by a hash of the snapshot / of
@@ -88,7 +90,25 @@ build_comfy() {
 assert torch.__version__.split("+")[0] == "2.14.1", torch.__version__' >&2
 }
 
-[[ $# -eq 1 ]] || die "usage: $0 VERSION|SNAPSHOT.tar.gz|dev"
+[[ $# -ge 1 ]] || die "usage: $0 VERSION|SNAPSHOT.tar.gz|dev [--pytest PYTEST-ARGS...]"
+RUN_PYTEST=0
+if [[ ${2:-} == --pytest ]]; then
+    RUN_PYTEST=1
+elif [[ $# -gt 1 ]]; then
+    die "unexpected arguments after $1: ${*:2}"
+fi
+
+# run pytest on this checkout: the pack is importable through a folder holding a `wan_nvfp4` link to it
+run_pytest() { # PYTHON [COMFYUI_PATH]
+    local path
+    path=$(mktemp -d)
+    ln -s "$REPO" "$path/wan_nvfp4"
+    cd "$REPO"
+    local rc=0
+    COMFYUI_PATH=${2:-} PYTHONPATH=$path${PYTHONPATH:+:$PYTHONPATH} "$1" -m pytest -q "${PYTEST_ARGS[@]}" || rc=$?
+    rm -rf "$path"
+    exit $rc
+}
 pyver=$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 
 if [[ $1 == dev ]]; then
@@ -99,6 +119,10 @@ if [[ $1 == dev ]]; then
     ) | hash_of)
     VENV=$CACHE/venv-dev-$key
     ensure_venv "$VENV" build_dev
+    if ((RUN_PYTEST)); then
+        PYTEST_ARGS=("${@:3}")
+        run_pytest "$VENV/bin/python"
+    fi
     echo "PYTHON=$VENV/bin/python"
     exit 0
 fi
@@ -134,5 +158,9 @@ key=$( (
 ) | hash_of)
 VENV=$CACHE/venv-$name-$key
 ensure_venv "$VENV" build_comfy
+if ((RUN_PYTEST)); then
+    PYTEST_ARGS=("${@:3}")
+    run_pytest "$VENV/bin/python" "$TREE"
+fi
 echo "COMFYUI_PATH=$TREE"
 echo "PYTHON=$VENV/bin/python"

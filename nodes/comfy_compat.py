@@ -33,10 +33,12 @@ LAYOUTS = "quantized layouts (comfy.quant_ops)"
 CASTS = "offloadable casts (comfy.ops.cast_bias_weight(offloadable, compute_dtype))"
 PATCHER = "ModelPatcher hooks (ON_LOAD callbacks, is_dynamic, set_model_compute_dtype)"
 MP = "comfy.model_patcher"
+V3_IO = ("ComfyNode", "Schema", "NodeOutput", "Combo.Input", "Boolean.Input", "Int.Input", "String.Input")
+V3_IO += ("String.Output", "Model.Output")
 
 FEATURES = (
     Feature(V3_API, "comfy_api.latest", "ComfyExtension"),
-    Feature(V3_API, "comfy_api.latest", "io.ComfyNode"),
+    *(Feature(V3_API, "comfy_api.latest", f"io.{name}") for name in V3_IO),
     Feature(V3_API, "comfy_api.latest", "ui.PreviewText"),
     Feature(CK, "comfy_kitchen.tensor.base", "BaseLayoutParams"),
     Feature(LAYOUTS, "comfy.quant_ops", "QuantizedLayout"),
