@@ -49,18 +49,23 @@ EOF
 
 # venv at $1, built by the function $2 unless complete; a `.complete` marker is written last
 ensure_venv() {
-    local dir=$1 builder=$2
+    local dir=$1 builder=$2 lock
+    mkdir -p "$(dirname "$dir")"
+    exec {lock}>"$dir.lock"
+    flock "$lock" # one builder at a time; a second run waits, then reuses
     if [[ -f $dir/.complete ]]; then
         log "reusing $dir"
-        return
+    else
+        rm -rf "$dir"
+        log "building $dir"
+        "$PY" -m venv "$dir"
+        "$dir/bin/python" -m pip install -q --upgrade pip >&2
+        # in the background so that `set -e` holds inside the builder (an `||` would switch it off)
+        "$builder" "$dir" >&2 &
+        wait $! || die "could not build $dir"
+        touch "$dir/.complete"
     fi
-    rm -rf "$dir"
-    mkdir -p "$(dirname "$dir")"
-    log "building $dir"
-    "$PY" -m venv "$dir"
-    "$dir/bin/python" -m pip install -q --upgrade pip >&2
-    "$builder" "$dir" >&2 || die "could not build $dir"
-    touch "$dir/.complete"
+    exec {lock}>&-
 }
 
 build_dev() {
@@ -141,6 +146,9 @@ name=$(basename "$snapshot" .tar.gz)
 tree_key=$(hash_of <"$snapshot")
 TREE_DIR=$CACHE/tree-$name-$tree_key
 TREE=$TREE_DIR/ComfyUI
+mkdir -p "$CACHE"
+exec {tree_lock}>"$TREE_DIR.lock"
+flock "$tree_lock"
 if [[ ! -f $TREE_DIR/.complete ]]; then
     log "unpacking $snapshot"
     rm -rf "$TREE_DIR"
@@ -149,6 +157,7 @@ if [[ ! -f $TREE_DIR/.complete ]]; then
     [[ -f $TREE/main.py && -f $TREE/requirements.txt ]] || die "$snapshot does not unpack to ComfyUI/"
     touch "$TREE_DIR/.complete"
 fi
+exec {tree_lock}>&-
 
 key=$( (
     echo "$pyver" "${COMFY_PINS[@]}" "${COMFY_NODEPS[@]}"

@@ -32,8 +32,8 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords and not cuda_ok:
             item.add_marker(skip_cuda)
-        if "comfyui" in item.keywords and not comfy_path:
-            item.add_marker(skip_comfy)
+        if any(m in item.keywords for m in GUARDED_MARKERS) and not comfy_path:
+            item.add_marker(skip_comfy)  # browser tests drive a ComfyUI server too
 
 
 def skip_allowed_in_ci(item) -> bool:
