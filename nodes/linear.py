@@ -184,9 +184,7 @@ class WanQuantLinear(comfy.ops.manual_cast.Linear):
             w = lowvram_fn(w)
             # ComfyUI clears patches prefetched into its transient cast buffer after use; we hid the function
             # from it during the cast, so clear here (a later resident step must not read a reused buffer).
-            clear = getattr(lowvram_fn, "clear_prepared", None)
-            if clear is not None:
-                clear()
+            lowvram_fn.clear_prepared()  # a ComfyUI LowVramPatch (comfy_compat requires `clear_prepared`)
         if is_ours(w):
             y = self._kernel_linear(x, w, bias)
         else:
