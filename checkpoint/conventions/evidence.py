@@ -41,6 +41,7 @@ class FileEvidence:
     sidecar_where: str = ""
     legacy_marker: bool = False
     shape_layout: Decision | None = None  # scale layout proven by a layer's scale shape, for the whole file
+    header_keys: int = 0  # how many `__metadata__` keys the file has (recognised or not)
     problems: list[Problem] = field(default_factory=list)
 
     @property
@@ -261,6 +262,10 @@ def provenance_summary(
         parts.append("Kijai-style .scale_weight without scaled_fp8 marker")
     if stated:
         parts.append("saved by ComfyUI from a model this pack loaded (per-layer wan_nvfp4_conventions)")
-    if not parts:
+    if not parts and quantized and ev.header_keys:
+        parts.append(
+            f"no recognised provenance metadata ({ev.header_keys} other header key(s): see Header metadata)"
+        )
+    elif not parts:
         parts.append("no provenance metadata (third-party converter?)" if quantized else "unquantized")
     return " + ".join(parts)
