@@ -129,9 +129,11 @@ def _assert_safe(out: str) -> None:
 
 def test_hostile_metadata_is_escaped_and_truncated(tmp_path, capsys):
     fx = F.FIXTURES["comfy_nvfp4"]()
-    path = _write_with_metadata(fx, tmp_path, {**fx.metadata, **HOSTILE})
+    broken = {"_quantization_metadata": "\x1b[2J{not json", "quantization_config": "\ud800\x07["}
+    path = _write_with_metadata(fx, tmp_path, {**HOSTILE, **broken})
     assert main(["inspect", str(path)]) == 0
     text = capsys.readouterr().out
+    assert "header _quantization_metadata is not valid" in text and "found \\x1b[2J{not json" in text
     _assert_safe(text)
     section = text.split("Header metadata", 1)[1].split("\nLinear layers")[0]
     assert max(len(line) for line in section.splitlines()) < 300
@@ -147,7 +149,7 @@ def test_hostile_metadata_is_escaped_and_truncated(tmp_path, capsys):
     _assert_safe(out)
     listing = json.loads(out)["header_metadata"]
     entries = {k["key"]: k for k in listing["keys"]}
-    assert len(entries) == len(fx.metadata) + len(HOSTILE)
+    assert len(entries) == len(broken) + len(HOSTILE)
     huge = entries["huge"]
     assert (huge["bytes"], huge["chars"], huge["truncated"]) == (1_000_000, 1_000_000, True)
     assert all(len(k["preview"]) <= PREVIEW_CHARS and len(k["key"]) <= KEY_CHARS for k in listing["keys"])

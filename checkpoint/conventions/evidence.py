@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ...kernels import HIGH_FIRST, LINEAR, LOW_FIRST, SWIZZLED, swizzled_shape
+from ..errors import printable
 from ..problems import WARNING, Problem
 
 SIDECAR_NAMES = ("hf_quant_config.json",)
@@ -77,7 +78,7 @@ def parse_comfy_header(metadata: dict, prefix: str) -> tuple[dict[str, dict] | N
         if not isinstance(layers, dict):
             raise TypeError
     except (json.JSONDecodeError, KeyError, TypeError):
-        found = raw[:80] + ("..." if len(raw) > 80 else "")
+        found = printable(raw, 80)
         problem = Problem(
             WARNING,
             "header _quantization_metadata is not valid (vanilla ComfyUI fails on it)",
@@ -102,7 +103,7 @@ def parse_modelopt_header(metadata: dict) -> tuple[dict | None, list[Problem]]:
             "header quantization_config is not JSON",
             "quantization_config",
             "JSON",
-            raw[:80],
+            printable(raw, 80),
             kind="header key",
         )
         return None, [problem]
