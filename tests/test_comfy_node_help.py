@@ -28,7 +28,7 @@ NODES = {
     "WanQuantizeCheckpoint": ("utils/WAN NVFP4", (PACK, "quantize", "convert", "nvfp4", "fp8")),
     "WanRepairCheckpoint": ("utils/WAN NVFP4", (PACK, "repair", "nvfp4", "fp8")),
 }
-HELP_PAGES = (*LOADERS, "WanNVFP4Doctor")
+HELP_PAGES = tuple(NODES)
 MODEL = "wan_tiny_with_metadata.safetensors"
 EXTRA_METADATA = {"modelspec.title": "my tiny WAN", "converter": "made with comfy-kitchen 0.2"}
 
