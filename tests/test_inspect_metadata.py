@@ -21,6 +21,8 @@ EVIDENCE_KEYS = {
     "modelopt_nvfp4": {"quantization_config"},
     "modelopt_comfy_single_file": {"_quantization_metadata", "quantization_config"},
 }
+ISSUE_2_KEYS = ("file", "variant", "variant_info", "provenance", "evidence", "census", "formats", "layers")
+ISSUE_2_KEYS += ("problems", "verdicts", "usable", "exit_code")
 HOSTILE = {
     "escape\x1b]0;pwned\x07key": "clear\x1b[2J\x1b[31mred\x00nul\rcr\nnl",
     "surrogate": "lone \ud800 and \udfff halves",
@@ -56,6 +58,7 @@ def test_every_metadata_key_is_listed_text_and_json(name):
 @pytest.mark.parametrize("name", WITHOUT_METADATA)
 def test_file_without_metadata_says_so(name):
     data, text = _listing(F.FIXTURES[name]())
+    assert set(ISSUE_2_KEYS) <= set(data), "the JSON keys scripts already read stay"
     assert data["header_metadata"] == {"keys": [], "total_bytes": 0, "hints": []}
     assert "Header metadata: none" in text
 
