@@ -8,7 +8,7 @@ import unicodedata
 import pytest
 
 from wan_nvfp4.checkpoint.conventions.inspect import inspect_checkpoint
-from wan_nvfp4.checkpoint.conventions.metadata import KEY_CHARS, PREVIEW_CHARS
+from wan_nvfp4.checkpoint.conventions.metadata import KEY_CHARS, PACK_KEY, PREVIEW_CHARS
 from wan_nvfp4.checkpoint.errors import printable
 from wan_nvfp4.checkpoint.tiny import fixtures as F
 from wan_nvfp4.cli import main
@@ -67,14 +67,37 @@ def test_unrecognised_metadata_is_never_called_missing():
     fx = F.FIXTURES["user_replica"]()
     plain, _ = _listing(fx)
     assert plain["provenance"] == "no provenance metadata (third-party converter?)"
-    fx.metadata = {"format": "pt", "modelspec.title": "my wan"}
+    workflow = '{"nodes": [{"type": "WanNVFP4Loader"}]}'
+    fx.metadata = {"format": "pt", "modelspec.title": "my wan", "workflow": workflow}
     data, text = _listing(fx)
     assert "no provenance metadata" not in text
-    assert data["provenance"].startswith("no recognised provenance metadata (2 other header key(s)")
+    assert data["provenance"].startswith("no recognised provenance metadata (3 other header key(s)")
     statuses = {k["key"]: k["status"] for k in data["header_metadata"]["keys"]}
-    assert statuses == {"format": "not used", "modelspec.title": "not used"}
-    hints = {h["key"]: h["producer"] for h in data["header_metadata"]["hints"]}
-    assert hints == {"format": "save_pretrained", "modelspec.title": "modelspec"}
+    assert statuses == {"format": "not used", "modelspec.title": "not used", "workflow": "not used"}
+    hints = [(h["key"], h["producer"]) for h in data["header_metadata"]["hints"]]
+    assert hints == [
+        ("format", "save_pretrained"),
+        ("modelspec.title", "modelspec"),
+        ("workflow", "comfyui-save"),
+        ("workflow", "wan-nvfp4"),
+    ]
+
+
+def test_a_file_this_pack_converted_names_its_writer(tmp_path):
+    from wan_nvfp4.checkpoint.writing.convert import ConvertOptions, convert_checkpoint
+    from wan_nvfp4.checkpoint.writing.output_formats import PROVENANCE_KEY
+
+    assert PACK_KEY == PROVENANCE_KEY
+    dst = tmp_path / "converted.safetensors"
+    convert_checkpoint(F.write_fixture("bf16", tmp_path), dst, ConvertOptions())
+    listing = inspect_checkpoint(dst, scan_block_scales=False).to_json()["header_metadata"]
+    assert {k["key"]: k["status"] for k in listing["keys"]} == {
+        "_quantization_metadata": "evidence",
+        PROVENANCE_KEY: "not used",
+    }
+    assert [(h["key"], h["producer"]) for h in listing["hints"]] == [(PROVENANCE_KEY, "wan-nvfp4")]
+    preview = next(k["preview"] for k in listing["keys"] if k["key"] == PROVENANCE_KEY)
+    assert preview.startswith('{"tool":"wan-nvfp4"') and '"job":"convert"' in preview
 
 
 def _layer_decisions(data: dict) -> dict:

@@ -19,6 +19,7 @@ from ..errors import printable
 from ..layers import NVFP4
 
 PREVIEW_CHARS = 120
+PACK_KEY = "wan_nvfp4"  # what this pack's convert / repair write (writing.output_formats.PROVENANCE_KEY)
 KEY_CHARS = 80
 
 EVIDENCE = "evidence"  # a decision in this report cites the key
@@ -62,29 +63,36 @@ WORD_HINTS = (
         "diffusers",
         "mentions diffusers: a diffusers export names its layers differently from ComfyUI's WAN",
     ),
+    (("wannvfp4",), "wan-nvfp4", "mentions this pack's nodes: saved from a graph that used them"),
 )
 
 
-def _key_hint(key: str, value: str) -> tuple[str, str] | None:
-    """(producer, hint) that the key itself suggests, or None."""
-    if key == "format" and value.strip() == "pt":
-        return (
-            "save_pretrained",
-            "`format: pt` is what transformers / diffusers save_pretrained (and ComfyUI's CLIP save node) "
-            "write; it says nothing about quantization",
-        )
-    if key.startswith("modelspec."):
-        return (
-            "modelspec",
-            "ModelSpec model card key (ComfyUI's checkpoint save, kohya sd-scripts and others): "
-            "identity only, no quantization convention",
-        )
-    if key in ("prompt", "workflow"):
-        ours = "; the graph used this pack's nodes" if "wannvfp4" in value.lower() else ""
-        return "comfyui-save", f"ComfyUI's save nodes store the graph that made the file here{ours}"
-    if key.startswith("ss_"):
-        return "kohya", "kohya sd-scripts training metadata"
-    return None
+# what a key says by itself: (rule on key and value, producer, hint)
+KEY_HINTS = (
+    (
+        lambda key, value: key == "format" and value.strip() == "pt",
+        "save_pretrained",
+        "`format: pt` is what transformers / diffusers save_pretrained (and ComfyUI's CLIP save node) write; "
+        "it says nothing about quantization",
+    ),
+    (
+        lambda key, value: key.startswith("modelspec."),
+        "modelspec",
+        "ModelSpec model card key (ComfyUI's checkpoint save, kohya sd-scripts and others): identity only, "
+        "no quantization convention",
+    ),
+    (
+        lambda key, value: key in ("prompt", "workflow"),
+        "comfyui-save",
+        "ComfyUI's save nodes store the graph that made the file here",
+    ),
+    (lambda key, value: key.startswith("ss_"), "kohya", "kohya sd-scripts training metadata"),
+    (
+        lambda key, value: key == PACK_KEY,
+        "wan-nvfp4",
+        "written by this pack's convert or repair (tool, version, job and source file name)",
+    ),
+)
 
 
 @dataclass(frozen=True)
@@ -218,10 +226,7 @@ def _agreement(producer: str, info) -> str | None:
 
 
 def _hints(key: str, value: str, status: str, info) -> list[MetadataHint]:
-    found: list[tuple[str, str]] = []
-    by_key = _key_hint(key, value)
-    if by_key is not None:
-        found.append(by_key)
+    found = [(producer, hint) for rule, producer, hint in KEY_HINTS if rule(key, value)]
     if key == "quantization_config" and status != EVIDENCE:
         claim = _quant_config_hint(value)
         if claim is not None:
