@@ -7,7 +7,7 @@ from ..checkpoint import CheckpointError, inspect_checkpoint
 from ..checkpoint.conventions.reference_match import compare_with_reference
 from .loader_nodes import FOLDER, PACK_ALIAS, TOOLS_CATEGORY, reference_input, reference_path, unet_input
 
-SEARCH_ALIASES = [
+SEARCH_ALIASES = (
     PACK_ALIAS,
     "doctor",
     "inspect",
@@ -19,7 +19,7 @@ SEARCH_ALIASES = [
     "model info",
     "metadata",
     "why is my output noise",
-]
+)
 
 
 def doctor_report(path: str, reference_path: str | None = None) -> str:
@@ -48,7 +48,7 @@ class WanNVFP4Doctor(io.ComfyNode):
             description="Inspects a WAN checkpoint without loading it: per-layer formats and conventions "
             "with their evidence, problems, and what vanilla ComfyUI and this pack will do with it. With a "
             "reference (the same model in another precision) it decides conventions the file does not state.",
-            search_aliases=SEARCH_ALIASES,
+            search_aliases=list(SEARCH_ALIASES),
             inputs=[
                 unet_input(
                     tooltip="the WAN model to inspect, from models/diffusion_models (only its header and a "

@@ -22,7 +22,7 @@ NO_REFERENCE = "none"
 
 # what users type in the node search (the frontend matches name, display name and these aliases)
 PACK_ALIAS = "WAN NVFP4"
-LOADER_ALIASES = [
+LOADER_ALIASES = (
     PACK_ALIAS,
     "nvfp4",
     "fp8",
@@ -33,7 +33,7 @@ LOADER_ALIASES = [
     "load diffusion model",
     "unet loader",
     "nvfp4 loader",
-]
+)
 MODEL_TIP = "the loaded WAN model, weights kept quantized: connect it where Load Diffusion Model's MODEL goes"
 
 # option name -> (choices, default, tooltip): the Advanced settings, shared by the pair loader
@@ -199,12 +199,12 @@ class WanNVFP4PairLoader(io.ComfyNode):
                 io.Model.Output(
                     "high_noise_model",
                     display_name="high_noise_model",
-                    tooltip="the high-noise expert: the sampler for the first (noisiest) steps",
+                    tooltip="the high-noise expert: to the sampler that runs the first (noisiest) steps",
                 ),
                 io.Model.Output(
                     "low_noise_model",
                     display_name="low_noise_model",
-                    tooltip="the low-noise expert: the sampler for the last (detail) steps",
+                    tooltip="the low-noise expert: to the sampler that runs the last (detail) steps",
                 ),
             ],
         )

@@ -15,7 +15,7 @@ from ..checkpoint.writing.presets import PRESETS, TARGETS, PresetOptions
 from .file_jobs import job_output, progress_bar_callback, target_path
 from .loader_nodes import FOLDER, PACK_ALIAS, TOOLS_CATEGORY
 
-SEARCH_ALIASES = [
+SEARCH_ALIASES = (
     PACK_ALIAS,
     "quantize",
     "quantise",
@@ -26,7 +26,7 @@ SEARCH_ALIASES = [
     "make nvfp4",
     "compress model",
     "save nvfp4",
-]
+)
 
 
 class WanQuantizeCheckpoint(io.ComfyNode):
@@ -41,7 +41,7 @@ class WanQuantizeCheckpoint(io.ComfyNode):
             description="Converts a WAN diffusion model to NVFP4 or FP8, streaming layer by layer, and "
             "writes the result next to the source in diffusion_models (atomically; the source is never "
             "modified). Returns the per-layer SQNR report; a JSON copy is saved next to the new file.",
-            search_aliases=SEARCH_ALIASES,
+            search_aliases=list(SEARCH_ALIASES),
             inputs=[
                 io.Combo.Input(
                     "source",

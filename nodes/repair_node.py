@@ -17,7 +17,7 @@ from .loader_nodes import FOLDER, PACK_ALIAS, TOOLS_CATEGORY, reference_input, r
 
 OVERRIDES = {"nibble_order": NIBBLE_ORDER_CHOICES, "scale_layout": SCALE_LAYOUT_CHOICES}
 OVERRIDE_TIP = "auto: what the file's evidence (or the reference) says; override only what the doctor says"
-SEARCH_ALIASES = [
+SEARCH_ALIASES = (
     PACK_ALIAS,
     "repair",
     "fix",
@@ -28,7 +28,7 @@ SEARCH_ALIASES = [
     "lightx2v",
     "convert to comfyui",
     "fix noise",
-]
+)
 
 
 def default_target_name(source: str) -> str:
@@ -50,7 +50,7 @@ class WanRepairCheckpoint(io.ComfyNode):
             "diffusion_models (atomically; the source is never modified); the dequantized weights are "
             "compared before and after. Returns the per-layer report; a JSON copy is saved next to the new "
             "file.",
-            search_aliases=SEARCH_ALIASES,
+            search_aliases=list(SEARCH_ALIASES),
             inputs=[
                 unet_input("source", "the quantized WAN model to repair (never modified)"),
                 io.String.Input(
