@@ -8,6 +8,10 @@ import sys
 
 __version__ = "0.1.0"
 
+# ComfyUI serves this folder at /extensions/<pack folder>/; the frontend's node help panel reads
+# docs/<node id>.md from it (no JavaScript lives there)
+WEB_DIRECTORY = "./nodes/web"
+
 
 async def comfy_entrypoint():
     """ComfyUI V3 entry point: builds the extension only when ComfyUI asks for it."""

@@ -5,7 +5,21 @@ from comfy_api.latest import io, ui
 
 from ..checkpoint import CheckpointError, inspect_checkpoint
 from ..checkpoint.conventions.reference_match import compare_with_reference
-from .loader_nodes import FOLDER, TOOLS_CATEGORY, reference_input, reference_path, unet_input
+from .loader_nodes import FOLDER, PACK_ALIAS, TOOLS_CATEGORY, reference_input, reference_path, unet_input
+
+SEARCH_ALIASES = (
+    PACK_ALIAS,
+    "doctor",
+    "inspect",
+    "inspector",
+    "nvfp4",
+    "fp8",
+    "wan",
+    "checkpoint info",
+    "model info",
+    "metadata",
+    "why is my output noise",
+)
 
 
 def doctor_report(path: str, reference_path: str | None = None) -> str:
@@ -34,11 +48,24 @@ class WanNVFP4Doctor(io.ComfyNode):
             description="Inspects a WAN checkpoint without loading it: per-layer formats and conventions "
             "with their evidence, problems, and what vanilla ComfyUI and this pack will do with it. With a "
             "reference (the same model in another precision) it decides conventions the file does not state.",
+            search_aliases=list(SEARCH_ALIASES),
             inputs=[
-                unet_input(),
-                reference_input("the same model in bf16/fp16/fp8, to decide undecidable conventions"),
+                unet_input(
+                    tooltip="the WAN model to inspect, from models/diffusion_models (only its header and a "
+                    "few small tensors are read; the file is never modified)"
+                ),
+                reference_input(
+                    "optional: the same model in bf16/fp16/fp8; compares a few layers to decide the NVFP4 "
+                    "conventions the file does not state"
+                ),
             ],
-            outputs=[io.String.Output("report")],
+            outputs=[
+                io.String.Output(
+                    "report",
+                    tooltip="the report as text (also shown in the node): formats, conventions and their "
+                    "evidence, header metadata, problems, and what ComfyUI and this pack do with the file",
+                )
+            ],
             is_output_node=True,
         )
 

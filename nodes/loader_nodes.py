@@ -20,6 +20,22 @@ TOOLS_CATEGORY = "utils/WAN NVFP4"
 FOLDER = "diffusion_models"
 NO_REFERENCE = "none"
 
+# what users type in the node search (the frontend matches name, display name and these aliases)
+PACK_ALIAS = "WAN NVFP4"
+LOADER_ALIASES = (
+    PACK_ALIAS,
+    "nvfp4",
+    "fp8",
+    "scaled fp8",
+    "wan",
+    "wan 2.1",
+    "wan 2.2",
+    "load diffusion model",
+    "unet loader",
+    "nvfp4 loader",
+)
+MODEL_TIP = "the loaded WAN model, weights kept quantized: connect it where Load Diffusion Model's MODEL goes"
+
 # option name -> (choices, default, tooltip): the Advanced settings, shared by the pair loader
 ADVANCED_OPTIONS = {
     "compute_dtype": (
@@ -58,7 +74,11 @@ ADVANCED_OPTIONS = {
 PAIR_REFERENCES = {"high_noise_reference": "high-noise", "low_noise_reference": "low-noise"}
 
 
-def unet_input(name: str = "unet_name", tooltip: str = "WAN diffusion model (diffusion_models folder)"):
+def unet_input(
+    name: str = "unet_name",
+    tooltip: str = "WAN 2.1/2.2 diffusion model from models/diffusion_models: NVFP4, scaled FP8 or "
+    "bf16/fp16, in any producer's convention (ComfyUI, ModelOpt, LightX2V, Kijai, ...)",
+):
     return io.Combo.Input(name, options=folder_paths.get_filename_list(FOLDER), tooltip=tooltip)
 
 
@@ -72,7 +92,8 @@ def advanced_inputs() -> list:
 def reference_input(tooltip: str, name: str = "reference_name") -> io.Combo.Input:
     """Optional: the same model in another precision (bf16/fp16/fp8), from `diffusion_models`."""
     options = [NO_REFERENCE, *folder_paths.get_filename_list(FOLDER)]
-    return io.Combo.Input(name, options=options, default=NO_REFERENCE, optional=True, tooltip=tooltip)
+    tip = f"{tooltip} ({NO_REFERENCE}: the file's own evidence decides)"
+    return io.Combo.Input(name, options=options, default=NO_REFERENCE, optional=True, tooltip=tip)
 
 
 def reference_path(name: str) -> str | None:
@@ -101,9 +122,9 @@ class WanNVFP4Loader(io.ComfyNode):
             description="Loads a WAN 2.1/2.2 diffusion model in any NVFP4 or scaled-FP8 convention (ComfyUI, "
             "ModelOpt, LightX2V, Kijai, ...) with weights kept quantized, fast on any GPU. Conventions come "
             "from the file; exact on-the-fly LoRA.",
-            search_aliases=["nvfp4", "wan loader", "unet loader nvfp4"],
+            search_aliases=[*LOADER_ALIASES, "wan loader", "unet loader nvfp4"],
             inputs=[unet_input()],
-            outputs=[io.Model.Output()],
+            outputs=[io.Model.Output(tooltip=MODEL_TIP)],
         )
 
     @classmethod
@@ -123,6 +144,7 @@ class WanNVFP4LoaderAdvanced(io.ComfyNode):
             description="WAN NVFP4 Loader with compute dtype, kernel path, nibble order / scale layout "
             "overrides, LoRA mode, and an optional reference model that decides conventions the file does "
             "not state.",
+            search_aliases=[*LOADER_ALIASES, "advanced", "lora", "kernel", "compute dtype"],
             inputs=[
                 unet_input(),
                 *advanced_inputs(),
@@ -131,7 +153,7 @@ class WanNVFP4LoaderAdvanced(io.ComfyNode):
                     "file in the convention that matches (explicit nibble_order / scale_layout still win)"
                 ),
             ],
-            outputs=[io.Model.Output()],
+            outputs=[io.Model.Output(tooltip=MODEL_TIP)],
         )
 
     @classmethod
@@ -151,18 +173,39 @@ class WanNVFP4PairLoader(io.ComfyNode):
             description="Loads the two WAN 2.2 A14B experts (high noise, low noise) with the same settings; "
             "each expert can have its own reference (the same expert in another precision) that decides "
             "conventions its file does not state.",
+            search_aliases=[*LOADER_ALIASES, "a14b", "high noise", "low noise", "pair", "two experts"],
             inputs=[
-                unet_input("high_noise_unet", "WAN 2.2 A14B high-noise expert"),
-                unet_input("low_noise_unet", "WAN 2.2 A14B low-noise expert"),
+                unet_input(
+                    "high_noise_unet",
+                    "WAN 2.2 A14B high-noise expert (file name usually has high_noise), from "
+                    "models/diffusion_models; NVFP4, scaled FP8 or bf16/fp16",
+                ),
+                unet_input(
+                    "low_noise_unet",
+                    "WAN 2.2 A14B low-noise expert (file name usually has low_noise), from "
+                    "models/diffusion_models; NVFP4, scaled FP8 or bf16/fp16",
+                ),
                 *advanced_inputs(),
                 *(
-                    reference_input(f"optional: the {label} expert in bf16/fp16/fp8", key)
+                    reference_input(
+                        f"optional: the {label} expert in bf16/fp16/fp8; compares a few layers at load and "
+                        "reads the file in the convention that matches",
+                        key,
+                    )
                     for key, label in PAIR_REFERENCES.items()
                 ),
             ],
             outputs=[
-                io.Model.Output("high_noise_model", display_name="high_noise_model"),
-                io.Model.Output("low_noise_model", display_name="low_noise_model"),
+                io.Model.Output(
+                    "high_noise_model",
+                    display_name="high_noise_model",
+                    tooltip="the high-noise expert: to the sampler that runs the first (noisiest) steps",
+                ),
+                io.Model.Output(
+                    "low_noise_model",
+                    display_name="low_noise_model",
+                    tooltip="the low-noise expert: to the sampler that runs the last (detail) steps",
+                ),
             ],
         )
 

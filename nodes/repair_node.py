@@ -13,10 +13,22 @@ from comfy_api.latest import io
 from ..checkpoint.writing.repair import PER_ROW_FP8, VERIFY_MODES, RepairOptions, repair_checkpoint
 from .file_jobs import job_output, progress_bar_callback, target_path
 from .loader import AUTO_CHOICE, NIBBLE_ORDER_CHOICES, SCALE_LAYOUT_CHOICES, override
-from .loader_nodes import FOLDER, TOOLS_CATEGORY, reference_input, reference_path, unet_input
+from .loader_nodes import FOLDER, PACK_ALIAS, TOOLS_CATEGORY, reference_input, reference_path, unet_input
 
 OVERRIDES = {"nibble_order": NIBBLE_ORDER_CHOICES, "scale_layout": SCALE_LAYOUT_CHOICES}
 OVERRIDE_TIP = "auto: what the file's evidence (or the reference) says; override only what the doctor says"
+SEARCH_ALIASES = (
+    PACK_ALIAS,
+    "repair",
+    "fix",
+    "nvfp4",
+    "fp8",
+    "wan",
+    "modelopt",
+    "lightx2v",
+    "convert to comfyui",
+    "fix noise",
+)
 
 
 def default_target_name(source: str) -> str:
@@ -38,6 +50,7 @@ class WanRepairCheckpoint(io.ComfyNode):
             "diffusion_models (atomically; the source is never modified); the dequantized weights are "
             "compared before and after. Returns the per-layer report; a JSON copy is saved next to the new "
             "file.",
+            search_aliases=list(SEARCH_ALIASES),
             inputs=[
                 unet_input("source", "the quantized WAN model to repair (never modified)"),
                 io.String.Input(
@@ -50,7 +63,7 @@ class WanRepairCheckpoint(io.ComfyNode):
                     for name, choices in OVERRIDES.items()
                 ),
                 reference_input(
-                    "the same model in bf16/fp16/fp8: decides the NVFP4 conventions by comparison"
+                    "optional: the same model in bf16/fp16/fp8: decides the NVFP4 conventions by comparison"
                 ),
                 io.Combo.Input(
                     "per_row_fp8",
@@ -74,7 +87,12 @@ class WanRepairCheckpoint(io.ComfyNode):
                     optional=True,
                 ),
             ],
-            outputs=[io.String.Output(display_name="report")],
+            outputs=[
+                io.String.Output(
+                    display_name="report",
+                    tooltip="per-layer report: what was rewritten and how, and the before/after comparison",
+                )
+            ],
             is_output_node=True,
         )
 

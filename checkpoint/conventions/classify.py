@@ -146,7 +146,7 @@ def _stated(source, raw: RawLayer) -> tuple[str | None, str | None]:
 def _gather_evidence(
     source, prefix: str, raws: dict[str, RawLayer], sidecar_config, find: bool
 ) -> FileEvidence:
-    ev = FileEvidence()
+    ev = FileEvidence(header_keys=len(source.metadata))
     ev.comfy_layers, found = parse_comfy_header(source.metadata, prefix)
     ev.problems += found
     ev.modelopt_header, found = parse_modelopt_header(source.metadata)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ...kernels import HIGH_FIRST, LINEAR, LOW_FIRST, SWIZZLED, swizzled_shape
+from ..errors import printable
 from ..problems import WARNING, Problem
 
 SIDECAR_NAMES = ("hf_quant_config.json",)
@@ -41,6 +42,7 @@ class FileEvidence:
     sidecar_where: str = ""
     legacy_marker: bool = False
     shape_layout: Decision | None = None  # scale layout proven by a layer's scale shape, for the whole file
+    header_keys: int = 0  # how many `__metadata__` keys the file has (recognised or not)
     problems: list[Problem] = field(default_factory=list)
 
     @property
@@ -76,7 +78,7 @@ def parse_comfy_header(metadata: dict, prefix: str) -> tuple[dict[str, dict] | N
         if not isinstance(layers, dict):
             raise TypeError
     except (json.JSONDecodeError, KeyError, TypeError):
-        found = raw[:80] + ("..." if len(raw) > 80 else "")
+        found = printable(raw, 80)
         problem = Problem(
             WARNING,
             "header _quantization_metadata is not valid (vanilla ComfyUI fails on it)",
@@ -101,7 +103,7 @@ def parse_modelopt_header(metadata: dict) -> tuple[dict | None, list[Problem]]:
             "header quantization_config is not JSON",
             "quantization_config",
             "JSON",
-            raw[:80],
+            printable(raw, 80),
             kind="header key",
         )
         return None, [problem]
@@ -261,6 +263,10 @@ def provenance_summary(
         parts.append("Kijai-style .scale_weight without scaled_fp8 marker")
     if stated:
         parts.append("saved by ComfyUI from a model this pack loaded (per-layer wan_nvfp4_conventions)")
-    if not parts:
+    if not parts and quantized and ev.header_keys:
+        parts.append(
+            f"no recognised provenance metadata ({ev.header_keys} other header key(s): see Header metadata)"
+        )
+    elif not parts:
         parts.append("no provenance metadata (third-party converter?)" if quantized else "unquantized")
     return " + ".join(parts)

@@ -2,7 +2,8 @@
 
 `inspect_checkpoint(path)` -> `InspectReport` with `to_text()` (for people), `to_json()` (for scripts; keys
 fixed by issue #2: top-level `variant` and `layers` -> `format`, `nibble_order`, `scale_layout`, `evidence`,
-`assumed`) and `exit_code` (0 when this pack can use the file, 1 otherwise).
+`assumed`; `header_metadata` lists every `__metadata__` key) and `exit_code` (0 when this pack can use the
+file, 1 otherwise).
 """
 
 from dataclasses import dataclass
@@ -10,6 +11,7 @@ from pathlib import Path
 
 from ..problems import ERROR
 from .classify import CheckpointInfo, classify_checkpoint
+from .metadata import list_metadata
 from .verdicts import PACK_REFUSES, Verdict, comfy_view, comfyui_verdict, pack_verdict
 
 EXIT_USABLE = 0
@@ -43,6 +45,7 @@ class InspectReport:
             "prefix": info.prefix,
             "provenance": info.provenance,
             "evidence": list(info.evidence),
+            "header_metadata": list_metadata(info).to_json(),
             "census": info.census,
             "formats": info.format_counts(),
             "layers": {name: _layer_json(spec) for name, spec in info.layers.items()},
@@ -147,6 +150,7 @@ def _text_sections(report: InspectReport) -> list[str]:
     lines += _census_lines(info) + _variant_lines(info)
     lines.append(f"Provenance: {info.provenance}")
     lines += [f"  evidence: {e}" for e in info.evidence]
+    lines += list_metadata(info).to_lines()
     lines += _convention_lines(info) + _problem_lines(info)
     lines.append("Verdicts:")
     lines += _verdict_lines("  vanilla ComfyUI 0.29", report.comfyui)
