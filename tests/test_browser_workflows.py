@@ -13,6 +13,7 @@ the canvas.
 """
 
 import json
+import re
 import shutil
 import struct
 import time
@@ -155,8 +156,9 @@ def _click_text(driver, text: str, scope: str | None = None) -> None:
     element.click()
 
 
-def _open_template(driver, name: str) -> None:
-    """Templates (sidebar) → the pack's category → the workflow's card, as a user clicks them."""
+def _open_template(driver, name: str, shot: Path) -> list[str]:
+    """Templates (sidebar) → the pack's category → the workflow's card, as a user clicks them; the card's
+    text lines (title, description, ...), read before the click, with a screenshot of the cards."""
     dialog = "[role=dialog]"
     if not driver.execute_script(FIND_BY_TEXT, PACK_DIR, dialog):
         driver.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
@@ -168,7 +170,12 @@ def _open_template(driver, name: str) -> None:
         f"the card of {name}",
         f'[data-testid="template-workflow-{name}"]',
     )
+    images = "return [...document.querySelectorAll('[role=dialog] img')].every(i => i.complete)"
+    _wait(driver, images, "the thumbnails")
+    driver.save_screenshot(str(shot))
+    lines = [line.strip() for line in card.text.splitlines() if line.strip()]
     card.click()
+    return lines
 
 
 # Everything the checks need, read from the live graph after a full redraw that records every text the
@@ -272,7 +279,11 @@ def _problems(graph: dict, workflow: dict) -> list[str]:
 def test_example_opens_cleanly_from_the_template_browser(page, workflow, tmp_path):
     data = json.loads(workflow.read_text())
     page.execute_script("app.graph.clear()")
-    _open_template(page, workflow.stem)
+    cards = tmp_path / "template browser.png"
+    card = _open_template(page, workflow.stem, cards)
+    print(f"screenshot: {cards}")
+    # the frontend's card: the file name as title, the same with -/_ as spaces as description
+    assert card[:2] == [workflow.stem, re.sub(r"[-_]", " ", workflow.stem)], f"card text {card} ({cards})"
     _wait(page, "return app.graph._nodes.length === arguments[0]", "the workflow's nodes", len(data["nodes"]))
     _wait(
         page,
