@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+from .text import printable
+
 
 class CheckpointError(ValueError):
     """A checkpoint cannot be read or used as asked. `str()` is the full user-facing message."""
@@ -26,6 +28,10 @@ class CheckpointError(ValueError):
         super().__init__(self._message())
 
     def _message(self) -> str:
+        """Every part may come from a file (key names, metadata): escaped by `text.printable`."""
+        return printable(self._raw_message())
+
+    def _raw_message(self) -> str:
         parts = [f"{self.path or '<state dict>'}"]
         if self.layer:
             parts.append(f"{self.kind} {self.layer}")
