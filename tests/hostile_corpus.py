@@ -148,7 +148,9 @@ def _pickle(path: Path) -> None:
 
 def _torch_zip(path: Path) -> None:
     with zipfile.ZipFile(path, "w") as z:
-        z.writestr("archive/data.pkl", pickle.dumps({"x": 1}, protocol=2))
+        z.writestr(
+            zipfile.ZipInfo("archive/data.pkl", (2020, 1, 1, 0, 0, 0)), pickle.dumps({"x": 1}, protocol=2)
+        )
 
 
 def _truncated(path: Path) -> None:
@@ -285,7 +287,7 @@ def _many_tiny(path: Path) -> None:
 
 def _named_like_an_attack(path: Path) -> None:
     """Not WAN, and its key names carry a terminal escape, a bidi override, a NUL and a newline."""
-    names = ["\x1b[2Jwipe.weight", "\u202eevil.weight", "nul\x00.weight", "line\nbreak.weight"]
+    names = ["\x1b[2Jwipe.weight", "a\u202eevil.weight", "b\x00nul.weight", "line\nbreak.weight"]
     _save({n: torch.zeros(2) for n in names})(path)
 
 

@@ -11,8 +11,15 @@ MAX_DEPTH = 127  # serde_json's recursion limit (128) refuses a 128th nested con
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
-def _error(message: str, text: str = "", pos: int = 0) -> json.JSONDecodeError:
-    return json.JSONDecodeError(message, text, pos)
+class JSONTextError(json.JSONDecodeError):
+    """A refusal found after parsing (no position to report): `str()` is the message alone."""
+
+    def __str__(self) -> str:
+        return self.msg
+
+
+def _error(message: str) -> json.JSONDecodeError:
+    return JSONTextError(message, "", 0)
 
 
 def _no_constant(name: str):
