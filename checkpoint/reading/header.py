@@ -168,9 +168,8 @@ def parse_header(path, raw: bytes, data_size: int):
     try:
         header = load_json(raw, check_depth=False)
         for info in header.values() if isinstance(header, dict) else ():
-            if isinstance(info, dict) and len(info) > len(
-                ENTRY_FIELDS
-            ):  # unknown fields: ignored, but nested
+            extra = len(info) > len(ENTRY_FIELDS) if isinstance(info, dict) else False
+            if extra:  # unknown fields are ignored (as by the library), but their nesting is checked
                 check_nesting([v for k, v in info.items() if k not in ENTRY_FIELDS], depth=2)
     except ValueError as e:
         raise CheckpointError(
