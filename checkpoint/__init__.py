@@ -5,7 +5,7 @@ Public API (stable; other modules and the ComfyUI nodes build on it):
 - `open_checkpoint(path) -> SafetensorsFile`: header only; tensors lazily from a copy-on-write mmap; pickles
   refused unread. `StateDictSource(state_dict, metadata, path)` is the same interface over a dict.
 - `classify_checkpoint(source, nibble_order=None, scale_layout=None, sidecar_config=None,
-  scan_block_scales=False, find_sidecar_file=True) -> CheckpointInfo`: every Linear as a `LayerSpec`
+  scan_block_scales=True, find_sidecar_file=True) -> CheckpointInfo`: every Linear as a `LayerSpec`
   (`format` nvfp4/fp8_scaled/fp8/float, `nibble_order`, `scale_layout`, `fp8_granularity`, `tensors`
   role -> key, `evidence`, `assumed`), `variant` (`WanVariant`, `.id` like `wan2.2-ti2v-5b`), `census`,
   `problems` (`Problem`: severity, layer, expected, found), `provenance`. `info.weight(name)` builds the

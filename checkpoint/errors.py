@@ -1,40 +1,8 @@
 """Errors about a checkpoint that name the file, the layer, what was expected and what was found."""
 
-import unicodedata
 from pathlib import Path
 
-ELLIPSIS = "..."
-# shown escaped: controls, surrogates (JSON "\\udXXX" escapes), format (bidi), separators, unassigned
-_UNSAFE_CATEGORIES = frozenset({"Cc", "Cs", "Cf", "Zl", "Zp", "Co", "Cn"})
-
-
-def _escape(ch: str) -> str:
-    if ch == " ":
-        return ch
-    if unicodedata.category(ch) not in _UNSAFE_CATEGORIES and not ch.isspace():
-        return ch
-    code = ord(ch)
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
-
-
-def printable(text: str, limit: int | None = None) -> str:
-    """`text` from a file, safe to print or show: control, surrogate, bidi/format and other invisible
-    characters escaped (`\\x1b`, `\\ud800`, `\\u202e`); with `limit`, at most that many characters, cut
-    between escapes and ending in `...`. Never raises on any str; reads at most `limit` + 1 characters."""
-    pieces: list[str] = []
-    used = 0
-    for ch in str(text):
-        piece = _escape(ch)
-        pieces.append(piece)
-        used += len(piece)
-        if limit is not None and used > limit:
-            break
-    if limit is None or used <= limit:
-        return "".join(pieces)
-    budget = max(limit - len(ELLIPSIS), 0)
-    while pieces and used > budget:
-        used -= len(pieces.pop())
-    return "".join(pieces) + ELLIPSIS
+from .text import printable
 
 
 class CheckpointError(ValueError):
@@ -60,6 +28,10 @@ class CheckpointError(ValueError):
         super().__init__(self._message())
 
     def _message(self) -> str:
+        """Every part may come from a file (key names, metadata): escaped by `text.printable`."""
+        return printable(self._raw_message())
+
+    def _raw_message(self) -> str:
         parts = [f"{self.path or '<state dict>'}"]
         if self.layer:
             parts.append(f"{self.kind} {self.layer}")

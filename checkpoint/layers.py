@@ -8,6 +8,7 @@ import torch
 
 from ..kernels import FP8Weight, NVFP4Weight, WeightFormatError
 from .errors import CheckpointError
+from .reading.json_text import load_json
 
 # Layer formats (the names `inspect --json` uses).
 NVFP4 = "nvfp4"
@@ -74,11 +75,16 @@ def json_marker(conf: dict) -> torch.Tensor:
     return torch.tensor(list(json.dumps(conf).encode("utf-8")), dtype=torch.uint8)
 
 
+MAX_MARKER_BYTES = 1 << 16  # a real marker is ~100 bytes; a hostile one is never turned into a list
+
+
 def read_json_marker(tensor: torch.Tensor) -> dict:
-    """The JSON object in a marker tensor; {} when it is unreadable or not an object."""
+    """The JSON object in a marker tensor; {} when it is unreadable, not uint8, too large or not an object."""
+    if tensor.dtype != torch.uint8 or tensor.numel() > MAX_MARKER_BYTES:
+        return {}
     try:
-        conf = json.loads(bytes(tensor.reshape(-1).tolist()).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, TypeError, ValueError):
+        conf = load_json(tensor.reshape(-1).contiguous().numpy().tobytes())
+    except ValueError:
         return {}
     return conf if isinstance(conf, dict) else {}
 

@@ -24,7 +24,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _never_fail_on_encoding() -> None:
+    """Text from a file may hold characters the terminal cannot encode (a lone surrogate in a key name, or
+    anything outside ASCII with PYTHONIOENCODING=ascii): write escapes instead of raising."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="backslashreplace")
+
+
 def main(argv: list[str] | None = None) -> int:
+    _never_fail_on_encoding()
     args = build_parser().parse_args(argv)
     return int(args._run(args) or 0)
 

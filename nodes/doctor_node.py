@@ -5,6 +5,7 @@ from comfy_api.latest import io, ui
 
 from ..checkpoint import CheckpointError, inspect_checkpoint
 from ..checkpoint.conventions.reference_match import compare_with_reference
+from ..checkpoint.text import printable
 from .loader_nodes import FOLDER, PACK_ALIAS, TOOLS_CATEGORY, reference_input, reference_path, unet_input
 
 SEARCH_ALIASES = (
@@ -33,7 +34,7 @@ def doctor_report(path: str, reference_path: str | None = None) -> str:
             text += "\n\nReference check\n" + compare_with_reference(path, reference_path).to_text()
         except CheckpointError as e:
             text += f"\n\nReference check failed: {e}"
-    return text
+    return printable(text, keep_newlines=True)
 
 
 class WanNVFP4Doctor(io.ComfyNode):

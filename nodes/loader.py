@@ -20,6 +20,7 @@ import torch
 from ..checkpoint import CheckpointError, classify_checkpoint, open_checkpoint
 from ..checkpoint.conventions.reference_match import conventions_with_reference
 from ..checkpoint.conventions.verdicts import LOADS_NATIVELY, comfy_view, comfyui_verdict
+from ..checkpoint.text import printable
 from ..kernels.dispatch import AUTO, PATHS, REFERENCE, TORCH, TRITON_DEQUANT
 from ..kernels.options import KernelOptions, PathLog
 from . import lora
@@ -124,7 +125,7 @@ def _plan(path: Path, info, options: LoaderOptions) -> LoadPlan:
         kernel_options=kernel,
         dequant_path=options.kernel_path if options.kernel_path in DEQUANTIZE_PATHS else AUTO,
         lora_mode=options.lora_mode,
-        path_log=PathLog(path.name, len(info.layers)),
+        path_log=PathLog(printable(path.name), len(info.layers)),
     )
 
 
@@ -146,7 +147,7 @@ def _load_native(path: Path, info, options: LoaderOptions, disable_dynamic: bool
     patcher = comfy.sd.load_diffusion_model(
         str(path), model_options={} if dtype is None else {"dtype": dtype}, disable_dynamic=disable_dynamic
     )
-    LOG.info("WAN NVFP4: %s: loaded by ComfyUI's native path (%s)", path.name, info.variant.id)
+    LOG.info("WAN NVFP4: %s: loaded by ComfyUI's native path (%s)", printable(path.name), info.variant.id)
     return _honour_compute_dtype(patcher, options)
 
 
@@ -171,7 +172,7 @@ def load_wan_model(path: str | Path, options: LoaderOptions = LoaderOptions(), d
         )
     patcher.cached_patcher_init = (load_wan_model, (str(path), options))
     lora.register(patcher)
-    LOG.info("WAN NVFP4: %s: %s; %s", path.name, info.variant.id, _format_summary(info))
+    LOG.info("WAN NVFP4: %s: %s; %s", printable(path.name), info.variant.id, _format_summary(info))
     return _honour_compute_dtype(patcher, options)
 
 

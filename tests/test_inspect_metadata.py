@@ -9,7 +9,7 @@ import pytest
 
 from wan_nvfp4.checkpoint.conventions.inspect import inspect_checkpoint
 from wan_nvfp4.checkpoint.conventions.metadata import KEY_CHARS, PACK_KEY, PREVIEW_CHARS
-from wan_nvfp4.checkpoint.errors import printable
+from wan_nvfp4.checkpoint.text import printable
 from wan_nvfp4.checkpoint.tiny import fixtures as F
 from wan_nvfp4.cli import main
 
@@ -154,17 +154,16 @@ def _assert_safe(out: str) -> None:
 
 
 def test_hostile_metadata_is_escaped_and_truncated(tmp_path, capsys):
+    """Odd but valid metadata values are listed, escaped and truncated; the file stays usable."""
     fx = F.FIXTURES["comfy_nvfp4"]()
-    broken = {"_quantization_metadata": "\x1b[2J{not json", "quantization_config": "\ud800\x07["}
-    path = _write_with_metadata(fx, tmp_path, {**HOSTILE, **broken})
+    valid = {k: v for k, v in HOSTILE.items() if k != "surrogate"}  # a lone surrogate is not valid UTF-8
+    path = _write_with_metadata(fx, tmp_path, valid)
     assert main(["inspect", str(path)]) == 0
     text = capsys.readouterr().out
-    assert "header _quantization_metadata is not valid" in text and "found \\x1b[2J{not json" in text
     _assert_safe(text)
     section = text.split("Header metadata", 1)[1].split("\nLinear layers")[0]
     assert max(len(line) for line in section.splitlines()) < 300
     assert "clear\\x1b[2J\\x1b[31mred\\x00nul\\x0dcr\\x0anl" in text
-    assert "lone \\ud800 and \\udfff halves" in text
     assert "abc\\u202edcba\\u2066x\\u2069 zero\\u200bwidth" in text
     assert "escape\\x1b]0;pwned\\x07key (" in text
     assert "huge (976.6 KiB) not used" in text and "y" * (PREVIEW_CHARS - 3) + "..." in text
@@ -175,13 +174,39 @@ def test_hostile_metadata_is_escaped_and_truncated(tmp_path, capsys):
     _assert_safe(out)
     listing = json.loads(out)["header_metadata"]
     entries = {k["key"]: k for k in listing["keys"]}
-    assert len(entries) == len(broken) + len(HOSTILE)
+    assert len(entries) == len(valid)
     huge = entries["huge"]
     assert (huge["bytes"], huge["chars"], huge["truncated"]) == (1_000_000, 1_000_000, True)
     assert all(len(k["preview"]) <= PREVIEW_CHARS and len(k["key"]) <= KEY_CHARS for k in listing["keys"])
-    assert entries["surrogate"]["bytes"] == len(HOSTILE["surrogate"].encode("utf-8", "surrogatepass"))
     assert "escape\\x1b]0;pwned\\x07key" in entries
     assert len(out) < 50_000, "the 1 MB value is not copied into the JSON report"
+
+
+@pytest.mark.parametrize(
+    ("metadata", "shown"),
+    [
+        (
+            {"surrogate": HOSTILE["surrogate"]},
+            "\\ud800",
+        ),  # not valid UTF-8: the safetensors format refuses it
+        ({"_quantization_metadata": "\x1b[2J{not json"}, "found \\x1b[2J{not json"),
+        ({"quantization_config": "\ud800\x07["}, "\\ud800"),
+    ],
+    ids=["lone-surrogate", "broken-comfy-metadata", "surrogate-in-modelopt-config"],
+)
+def test_invalid_metadata_is_an_escaped_error(tmp_path, capsys, metadata, shown):
+    """Metadata the safetensors format or ComfyUI cannot read makes the file unusable, and the error shows the
+    offending text escaped (no raw control character or surrogate reaches the terminal)."""
+    fx = F.FIXTURES["comfy_nvfp4"]()
+    path = _write_with_metadata(
+        fx, tmp_path, {**HOSTILE, **metadata} if "surrogate" in metadata else metadata
+    )
+    assert main(["inspect", str(path)]) != 0
+    captured = capsys.readouterr()
+    text = captured.out + captured.err
+    _assert_safe(text)
+    assert path.name in text and shown in text
+    assert "Traceback" not in text
 
 
 @pytest.mark.parametrize(

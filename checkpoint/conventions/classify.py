@@ -19,9 +19,9 @@ from ...kernels import NIBBLE_ORDERS, SCALE_LAYOUTS
 from ..errors import CheckpointError
 from ..layers import FP8, FP8_SCALED, LIGHTX2V_ROLES, NVFP4, LayerSpec, build_weight, read_json_marker
 from ..problems import ERROR, WARNING, Problem
-from ..reading.checks import check_layer
-from ..reading.layer_keys import EXPECTED_DTYPES, RawLayer, discover_layers, natural_key
+from ..reading.layer_keys import RawLayer, discover_layers, natural_key
 from ..reading.safetensors_io import SafetensorsFile
+from ..reading.validation import checkpoint_problems
 from ..reading.variant import WanVariant, detect_variant
 from .evidence import (
     FileEvidence,
@@ -322,38 +322,6 @@ def _layout_conflicts(ev: FileEvidence) -> list[Problem]:
     ]
 
 
-def _dtype_problems(source) -> list[Problem]:
-    odd: dict[str, list[str]] = {}
-    for key in list(source.keys()):
-        dtype = source.dtype(key)
-        if dtype not in EXPECTED_DTYPES:
-            odd.setdefault(str(dtype).removeprefix("torch."), []).append(key)
-    return [
-        Problem(
-            WARNING,
-            "unexpected tensor dtype",
-            keys[0],
-            "float16/bfloat16/float32/uint8/float8",
-            f"{dtype} in {len(keys)} tensor(s), e.g. {keys[0]}",
-            kind="tensor",
-        )
-        for dtype, keys in sorted(odd.items())
-    ]
-
-
-def _not_wan_problem(source, variant: WanVariant) -> Problem:
-    keys = sorted(source.keys())
-    sample = ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
-    return Problem(
-        ERROR,
-        "not a WAN diffusion model",
-        "head.modulation",
-        "WAN DiT keys (head.modulation, head.head.weight, blocks.N.*, patch_embedding.weight)",
-        f"{variant.evidence}; {len(keys)} tensors: {sample}",
-        kind="tensor",
-    )
-
-
 def _summary(
     ev: FileEvidence, layers: dict[str, LayerSpec], nibble_order, scale_layout, override_reason: str
 ) -> tuple[str, list[str]]:
@@ -379,7 +347,7 @@ def classify_checkpoint(
     nibble_order: str | None = None,
     scale_layout: str | None = None,
     sidecar_config: dict | None = None,
-    scan_block_scales: bool = False,
+    scan_block_scales: bool = True,
     find_sidecar_file: bool = True,
     override_reason: str = "caller override",
 ) -> CheckpointInfo:
@@ -388,7 +356,8 @@ def classify_checkpoint(
     nibble_order / scale_layout: caller overrides for every nvfp4 layer, recorded as evidence with
     `override_reason` (e.g. "decided by comparison with <reference>").
     sidecar_config: a parsed `hf_quant_config.json` (else one beside the file, if `find_sidecar_file`).
-    scan_block_scales: also read the nvfp4 block scales to find NaN / negative values.
+    scan_block_scales: read the nvfp4 block scales to find NaN / negative values (default; they are 1/16
+    of a weight's elements). Every usability check is `reading.validation.checkpoint_problems`.
     """
     if isinstance(source, (str, Path)):
         source = SafetensorsFile(source)
@@ -404,12 +373,12 @@ def classify_checkpoint(
         name: _spec(source, raw, ev, nibble_order, scale_layout, override_reason)
         for name, raw in raws.items()
     }
-    for spec in layers.values():
-        problems += check_layer(source, spec, scan_block_scales)
-    problems += _metadata_problems(ev, layers) + _layout_conflicts(ev) + _dtype_problems(source)
     variant = detect_variant(source, prefix, None if path is None else Path(path).name, source.metadata)
-    if not variant.is_wan:
-        problems.insert(0, _not_wan_problem(source, variant))
+    checked = checkpoint_problems(source, prefix, layers, variant, scan_block_scales)
+    first = checked[:1] if not variant.is_wan else []  # "not a WAN model" is the error to raise
+    problems = (
+        first + problems + checked[len(first) :] + _metadata_problems(ev, layers) + _layout_conflicts(ev)
+    )
     provenance, evidence = _summary(ev, layers, nibble_order, scale_layout, override_reason)
     return CheckpointInfo(
         path=None if path is None else Path(path),

@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ...kernels import HIGH_FIRST, LINEAR, LOW_FIRST, SWIZZLED, swizzled_shape
-from ..errors import printable
-from ..problems import WARNING, Problem
+from ..problems import ERROR, WARNING, Problem
+from ..reading.json_text import load_json
+from ..text import printable
 
 SIDECAR_NAMES = ("hf_quant_config.json",)
 MODELOPT_PRODUCER = "modelopt"
@@ -74,13 +75,13 @@ def parse_comfy_header(metadata: dict, prefix: str) -> tuple[dict[str, dict] | N
     if raw is None:
         return None, []
     try:
-        layers = json.loads(raw)["layers"]
+        layers = load_json(raw)["layers"]
         if not isinstance(layers, dict):
             raise TypeError
     except (json.JSONDecodeError, KeyError, TypeError):
         found = printable(raw, 80)
         problem = Problem(
-            WARNING,
+            ERROR,  # ComfyUI's own loader (the comfyui-native path too) fails on it without naming the file
             "header _quantization_metadata is not valid (vanilla ComfyUI fails on it)",
             "_quantization_metadata",
             '{"format_version": "1.0", "layers": {...}}',
@@ -96,10 +97,10 @@ def parse_modelopt_header(metadata: dict) -> tuple[dict | None, list[Problem]]:
     if raw is None:
         return None, []
     try:
-        config = json.loads(raw)
+        config = load_json(raw)
     except json.JSONDecodeError:
         problem = Problem(
-            WARNING,
+            ERROR,  # the producer's statement of the conventions cannot be read: nothing may be assumed
             "header quantization_config is not JSON",
             "quantization_config",
             "JSON",
@@ -119,7 +120,7 @@ def find_sidecar(path: str | Path | None) -> tuple[dict | None, str]:
         candidate = folder / name
         if candidate.is_file():
             try:
-                config = json.loads(candidate.read_text())
+                config = load_json(candidate.read_bytes())
             except (OSError, UnicodeDecodeError, json.JSONDecodeError):
                 continue
             if _is_modelopt(config):

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..problems import ERROR
+from ..text import printable
 from .classify import CheckpointInfo, classify_checkpoint
 from .metadata import list_metadata
 from .verdicts import PACK_REFUSES, Verdict, comfy_view, comfyui_verdict, pack_verdict
@@ -56,7 +57,7 @@ class InspectReport:
         }
 
     def to_text(self) -> str:
-        return "\n".join(_text_sections(self))
+        return printable("\n".join(_text_sections(self)), keep_newlines=True)  # key names come from the file
 
 
 def _layer_json(spec) -> dict:

@@ -15,8 +15,8 @@ import json
 from dataclasses import dataclass
 
 from ...kernels import HIGH_FIRST, LINEAR, LOW_FIRST, SWIZZLED
-from ..errors import printable
 from ..layers import NVFP4
+from ..text import printable
 
 PREVIEW_CHARS = 120
 PACK_KEY = "wan_nvfp4"  # what this pack's convert / repair write (writing.output_formats.PROVENANCE_KEY)

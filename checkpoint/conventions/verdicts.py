@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from ...kernels import HIGH_FIRST, LINEAR, SWIZZLED, swizzled_shape
 from ..layers import FLOAT, FP8, FP8_SCALED, NVFP4, LayerSpec, read_json_marker
+from ..reading.json_text import load_json
 
 # What vanilla ComfyUI does with a file (the words of issue #2 / COMFYUI.md §1.5).
 LOADS_NATIVELY = "loads_natively"
@@ -70,7 +71,7 @@ def comfy_view(source, prefix: str, layers: dict[str, LayerSpec]) -> ComfyView:
     raw = source.metadata.get("_quantization_metadata")
     if raw is not None:
         try:
-            listed = json.loads(raw).get("layers", {})
+            listed = load_json(raw).get("layers", {})
         except (json.JSONDecodeError, AttributeError):
             listed = {}
         for stem, conf in listed.items() if isinstance(listed, dict) else ():

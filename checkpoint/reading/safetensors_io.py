@@ -3,35 +3,17 @@
 Nothing here unpickles anything: a pickle or torch.save archive is recognised by its first bytes and refused.
 """
 
-import json
 import mmap
 import os
-from dataclasses import dataclass
+import stat
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
 from ..errors import CheckpointError, PickleCheckpointError
+from .header import MAX_HEADER_BYTES, SAFETENSORS_DTYPES, parse_header
 
-MAX_HEADER_BYTES = 100 * 1024 * 1024
-
-SAFETENSORS_DTYPES = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I16": torch.int16,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
-    "F8_E4M3": torch.float8_e4m3fn,
-    "F8_E5M2": torch.float8_e5m2,
-    "U16": torch.uint16,
-    "U32": torch.uint32,
-    "U64": torch.uint64,
-}
 DTYPE_NAMES = {v: k for k, v in SAFETENSORS_DTYPES.items()}
 
 # first bytes -> what the file really is (refused: loading them means unpickling)
@@ -44,9 +26,10 @@ PICKLE_SIGNATURES = (
 )
 
 
-@dataclass(frozen=True)
-class TensorEntry:
-    """One tensor as the header describes it; `start`/`end` are absolute byte offsets in the file."""
+class TensorEntry(NamedTuple):
+    """One tensor as the header describes it; `start`/`end` are absolute byte offsets in the file.
+
+    A named tuple (immutable, and cheap to build for a header of 100,000 tensors)."""
 
     name: str
     dtype: torch.dtype
@@ -79,107 +62,82 @@ def _refuse_pickle(path: Path, head: bytes) -> None:
             )
 
 
-def _parse_entry(path: Path, name: str, info, data_start: int, data_size: int) -> TensorEntry:
-    if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= info.keys():
-        raise CheckpointError(
-            path, "malformed header entry", name, "dtype, shape and data_offsets", repr(info), kind="tensor"
-        )
-    dtype = SAFETENSORS_DTYPES.get(info["dtype"])
-    if dtype is None:
-        raise CheckpointError(
-            path,
-            "unsupported tensor dtype",
-            name,
-            "a safetensors dtype torch can read",
-            info["dtype"],
-            kind="tensor",
-        )
-    shape = info["shape"]
-    offsets = info["data_offsets"]
-    if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
-        raise CheckpointError(
-            path, "malformed tensor shape", name, "a list of non-negative ints", repr(shape), kind="tensor"
-        )
-    if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
-        raise CheckpointError(
-            path, "malformed data_offsets", name, "[begin, end]", repr(offsets), kind="tensor"
-        )
-    begin, end = offsets
-    numel = 1
-    for d in shape:
-        numel *= d
-    want = numel * dtype.itemsize
-    if begin < 0 or end < begin or end - begin != want:
-        raise CheckpointError(
-            path,
-            "tensor byte range does not match its shape",
-            name,
-            f"{want} bytes",
-            f"offsets {offsets}",
-            kind="tensor",
-        )
-    if end > data_size:
-        raise CheckpointError(
-            path,
-            "tensor data runs past the end of the file (truncated or corrupt download?)",
-            name,
-            f"data ending at or before byte {data_size} of the data section",
-            f"offsets {offsets}",
-            kind="tensor",
-        )
-    return TensorEntry(name, dtype, tuple(shape), data_start + begin, data_start + end)
+def open_regular(path: Path) -> int:
+    """A read-only descriptor of `path`, which must be a regular file: opening never blocks (O_NONBLOCK: a
+    FIFO named `x.safetensors` would otherwise wait for a writer forever) and a FIFO, device or directory is
+    refused. The caller closes it."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as e:
+        raise CheckpointError(path, f"cannot read file ({e.strerror or e})") from None
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError as e:
+        os.close(fd)
+        raise CheckpointError(path, f"cannot read file ({e.strerror or e})") from None
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kinds = {stat.S_ISDIR: "a directory", stat.S_ISFIFO: "a FIFO (named pipe)", stat.S_ISSOCK: "a socket"}
+        found = next((what for test, what in kinds.items() if test(mode)), "a device or special file")
+        raise CheckpointError(path, "not a regular file", None, "a regular .safetensors file", found)
+    return fd
+
+
+def read_exactly(fd: int, count: int, offset: int) -> bytes:
+    """`count` bytes at `offset` (fewer only at the end of the file)."""
+    chunks, done = [], 0
+    while done < count:
+        chunk = os.pread(fd, count - done, offset + done)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        done += len(chunk)
+    return b"".join(chunks)
 
 
 def read_header(path: str | Path) -> tuple[dict[str, TensorEntry], dict[str, str], int]:
-    """Parse and validate the header: `(entries, metadata, file_size)`. Reads only the header bytes."""
+    """Parse and validate the header: `(entries, metadata, file_size)`. Reads only the header bytes.
+
+    The rules (and why we check them ourselves rather than through `safetensors.safe_open`) are in
+    `header.py`; here: only a regular file is opened, a pickle is recognised by its first bytes and refused.
+    """
     path = Path(path)
+    fd = open_regular(path)
     try:
-        file_size = path.stat().st_size
-        with open(path, "rb") as f:
-            head = f.read(9)
-            if head[8:9] != b"{":  # a JSON header follows: its length bytes may look like a pickle magic
-                _refuse_pickle(path, head)
-            head = head[:8]
-            f.seek(len(head))
-            if len(head) < 8:
-                raise CheckpointError(
-                    path,
-                    "file is too short to be safetensors",
-                    None,
-                    "at least 8 bytes",
-                    f"{len(head)} bytes",
-                )
-            header_len = int.from_bytes(head, "little")
-            if header_len > file_size - 8:
-                raise CheckpointError(
-                    path,
-                    "header length is larger than the file (truncated download, or not a safetensors file)",
-                    None,
-                    f"at most {file_size - 8} header bytes",
-                    f"{header_len}",
-                )
-            if header_len > MAX_HEADER_BYTES:
-                raise CheckpointError(
-                    path, "header is implausibly large", None, f"<= {MAX_HEADER_BYTES} bytes", str(header_len)
-                )
-            raw = f.read(header_len)
+        file_size = os.fstat(fd).st_size
+        head = read_exactly(fd, 9, 0)
+        if head[8:9] != b"{":  # a JSON header follows: its length bytes may look like a pickle magic
+            _refuse_pickle(path, head)
+        if len(head) < 8:
+            raise CheckpointError(
+                path, "file is too short to be safetensors", None, "at least 8 bytes", f"{len(head)} bytes"
+            )
+        header_len = int.from_bytes(head[:8], "little")
+        if header_len > MAX_HEADER_BYTES:
+            raise CheckpointError(
+                path, "header is implausibly large", None, f"<= {MAX_HEADER_BYTES} bytes", str(header_len)
+            )
+        if header_len > file_size - 8:
+            raise CheckpointError(
+                path,
+                "header length is larger than the file (truncated download, or not a safetensors file)",
+                None,
+                f"at most {file_size - 8} header bytes",
+                f"{header_len}",
+            )
+        raw = read_exactly(fd, header_len, 8)
     except OSError as e:
-        raise CheckpointError(path, f"cannot read file ({e.strerror or e})") from e
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(
-            path, "header is not valid JSON (corrupt, or not a safetensors file)", found=str(e)
-        ) from e
-    if not isinstance(header, dict):
-        raise CheckpointError(path, "header is not a JSON object", found=type(header).__name__)
-    metadata = header.pop("__metadata__", None) or {}
-    if not isinstance(metadata, dict):
-        raise CheckpointError(path, "__metadata__ is not a string map", found=type(metadata).__name__)
+        raise CheckpointError(path, f"cannot read file ({e.strerror or e})") from None
+    finally:
+        os.close(fd)
     data_start = 8 + header_len
-    data_size = file_size - data_start
-    entries = {name: _parse_entry(path, name, info, data_start, data_size) for name, info in header.items()}
-    return entries, {str(k): str(v) for k, v in metadata.items()}, file_size
+    tensors, metadata = parse_header(path, raw, file_size - data_start)
+    entries = {
+        name: TensorEntry(name, SAFETENSORS_DTYPES[dtype], shape, data_start + begin, data_start + end)
+        for name, dtype, shape, begin, end in tensors
+    }
+    return entries, metadata, file_size
 
 
 class SafetensorsFile:
@@ -221,16 +179,18 @@ class SafetensorsFile:
     def _map(self, entry: TensorEntry) -> tuple[mmap.mmap, int]:
         """A private mapping of the pages holding `entry`, and the tensor's offset inside it."""
         start = entry.start - entry.start % mmap.ALLOCATIONGRANULARITY
+        fd = open_regular(self.path)
         try:
-            fd = os.open(self.path, os.O_RDONLY)
-            try:
-                mapped = mmap.mmap(fd, entry.end - start, access=mmap.ACCESS_COPY, offset=start)
-            finally:
-                os.close(fd)
-        except OSError as e:
+            mapped = mmap.mmap(fd, entry.end - start, access=mmap.ACCESS_COPY, offset=start)
+        except (OSError, ValueError) as e:  # e.g. the file shrank since its header was read
             raise CheckpointError(
-                self.path, f"cannot map the tensor's bytes ({e.strerror or e})", entry.name, kind="tensor"
-            ) from e
+                self.path,
+                f"cannot map the tensor's bytes ({getattr(e, 'strerror', None) or e})",
+                entry.name,
+                kind="tensor",
+            ) from None
+        finally:
+            os.close(fd)
         return mapped, entry.start - start
 
     def tensor(self, name: str) -> torch.Tensor:

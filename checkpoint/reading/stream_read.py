@@ -13,6 +13,7 @@ import os
 import torch
 
 from ..errors import CheckpointError
+from .safetensors_io import open_regular
 
 
 def read_tensor(source, name: str) -> torch.Tensor:
@@ -28,14 +29,21 @@ def read_tensor(source, name: str) -> torch.Tensor:
     out = torch.empty(entry.nbytes, dtype=torch.uint8)
     if entry.nbytes:
         view = memoryview(out.numpy())
-        with open(path, "rb", buffering=0) as f:
+        fd = open_regular(path)  # never blocks, even if the path became a FIFO since its header was read
+        try:
             done = 0
             while done < entry.nbytes:
-                n = os.preadv(f.fileno(), [view[done:]], entry.start + done)
+                n = os.preadv(fd, [view[done:]], entry.start + done)
                 if n <= 0:
                     raise CheckpointError(path, "file ended while reading a tensor", name, kind="tensor")
                 done += n
-            _drop_cache(f.fileno(), entry.start, entry.nbytes)
+            _drop_cache(fd, entry.start, entry.nbytes)
+        except OSError as e:
+            raise CheckpointError(
+                path, f"cannot read the tensor ({e.strerror or e})", name, kind="tensor"
+            ) from None
+        finally:
+            os.close(fd)
     return out.view(entry.dtype).reshape(entry.shape)
 
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .json_text import load_json
+
 # ComfyUI model_type by marker key, in the order ComfyUI tests them (model_detection.py)
 MODEL_TYPE_MARKERS = (
     ("vace_patch_embedding.weight", "vace"),
@@ -343,7 +345,7 @@ def detect_variant(source, prefix: str = "", filename: str | None = None, metada
     if metadata and "config" in metadata:
         notes.append("header `config` overrides ComfyUI's detection with its `transformer` section")
         try:
-            json.loads(metadata["config"])
+            load_json(metadata["config"])
         except json.JSONDecodeError:
             notes.append("header `config` is not valid JSON")
     structure = f"{model_type}, in/out {dims.in_dim}/{dims.out_dim} channels" + (

@@ -251,6 +251,7 @@ def convert_checkpoint(
     start = time.perf_counter()
     source = SafetensorsFile(src)
     info = _classify(source)
+    info.raise_for_problems()  # nothing is written from a file `inspect` calls unusable
     plan = plan_conversion(source, info, options)
     reader = TensorReader(source)
     total = sum(source.nbytes(k) for k in list(source.keys()))

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..sqnr import db_to_relative_error, format_db
+from ..text import printable
 from .writer import write_json_atomic
 
 
@@ -137,7 +138,7 @@ class JobReport:
         lines += [f"note: {n}" for n in self.notes]
         if self.report_path:
             lines.append(f"report saved to {self.report_path}")
-        return "\n".join(lines)
+        return printable("\n".join(lines), keep_newlines=True)  # layer names come from the file
 
     def save(self, path: str | Path) -> Path:
         self.report_path = str(path)

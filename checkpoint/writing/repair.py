@@ -35,6 +35,7 @@ from ...kernels import (
 from ..errors import CheckpointError
 from ..layers import FP8, FP8_SCALED, NVFP4, LayerSpec, build_weight
 from ..progress import ProgressCallback, no_progress
+from ..reading.json_text import load_json
 from ..reading.stream_read import TensorReader, release_freed_memory
 from ..sqnr import sqnr_db
 from .job_report import JobReport, LayerResult
@@ -147,7 +148,7 @@ def _plan_job(spec: LayerSpec, source, options: RepairOptions) -> RepairJob:
 
 def _source_comfy_layers(metadata: dict[str, str]) -> dict:
     try:
-        layers = json.loads(metadata.get(QUANT_METADATA_KEY, "{}")).get("layers", {})
+        layers = load_json(metadata.get(QUANT_METADATA_KEY, "{}")).get("layers", {})
     except (json.JSONDecodeError, AttributeError):
         return {}
     return layers if isinstance(layers, dict) else {}
@@ -336,6 +337,7 @@ def repair_checkpoint(
         if match is not None:
             notes.append(match.summary_line())
     info = classify_checkpoint(source, nibble_order=nibble_order, scale_layout=scale_layout)
+    info.raise_for_problems()  # nothing is written from a file `inspect` calls unusable
     jobs, passthrough, dropped, metadata = plan_repair(source, info, options)
     assumed = [j.spec for j in jobs if j.spec.format == NVFP4 and j.spec.assumed]
     if assumed:
