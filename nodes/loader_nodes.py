@@ -3,6 +3,8 @@
 import folder_paths
 from comfy_api.latest import io
 
+from ..checkpoint import CheckpointError
+from ..checkpoint.reading.sharded_source import export_expert
 from . import lora
 from .loader import (
     AUTO_CHOICE,
@@ -58,7 +60,11 @@ ADVANCED_OPTIONS = {
 PAIR_REFERENCES = {"high_noise_reference": "high-noise", "low_noise_reference": "low-noise"}
 
 
-def unet_input(name: str = "unet_name", tooltip: str = "WAN diffusion model (diffusion_models folder)"):
+def unet_input(
+    name: str = "unet_name",
+    tooltip: str = "WAN diffusion model (diffusion_models folder); for a sharded diffusers / ModelOpt export "
+    "pick any one of its shards",
+):
     return io.Combo.Input(name, options=folder_paths.get_filename_list(FOLDER), tooltip=tooltip)
 
 
@@ -87,6 +93,22 @@ def options_from(kwargs: dict, reference_key: str = "reference_name") -> LoaderO
 
 def load(unet_name: str, options: LoaderOptions):
     return load_wan_model(folder_paths.get_full_path_or_raise(FOLDER, unet_name), options)
+
+
+def check_expert_slot(slot: str, path: str) -> None:
+    """Refuse a diffusers A14B export component picked for the other expert's input (the pipeline's
+    `model_index.json` says which is which: `transformer` is high noise, `transformer_2` low noise)."""
+    expert, reason = export_expert(path)
+    if expert is not None and expert != slot:
+        raise CheckpointError(
+            path,
+            f"this is the {expert.replace('_', '-')} expert, picked as the {slot.replace('_', '-')} expert",
+            None,
+            f"the {slot.replace('_', '-')} expert",
+            reason,
+            hint="swap the two inputs",
+            kind="file",
+        )
 
 
 class WanNVFP4Loader(io.ComfyNode):
@@ -152,8 +174,16 @@ class WanNVFP4PairLoader(io.ComfyNode):
             "each expert can have its own reference (the same expert in another precision) that decides "
             "conventions its file does not state.",
             inputs=[
-                unet_input("high_noise_unet", "WAN 2.2 A14B high-noise expert"),
-                unet_input("low_noise_unet", "WAN 2.2 A14B low-noise expert"),
+                unet_input(
+                    "high_noise_unet",
+                    "WAN 2.2 A14B high-noise expert (of a diffusers / ModelOpt export: any shard of "
+                    "transformer/)",
+                ),
+                unet_input(
+                    "low_noise_unet",
+                    "WAN 2.2 A14B low-noise expert (of a diffusers / ModelOpt export: any shard of "
+                    "transformer_2/)",
+                ),
                 *advanced_inputs(),
                 *(
                     reference_input(f"optional: the {label} expert in bf16/fp16/fp8", key)
@@ -169,6 +199,8 @@ class WanNVFP4PairLoader(io.ComfyNode):
     @classmethod
     def execute(cls, high_noise_unet, low_noise_unet, **kwargs) -> io.NodeOutput:
         high, low = (options_from(kwargs, key) for key in PAIR_REFERENCES)
+        for slot, name in (("high_noise", high_noise_unet), ("low_noise", low_noise_unet)):
+            check_expert_slot(slot, folder_paths.get_full_path_or_raise(FOLDER, name))
         if high_noise_unet == low_noise_unet:
             LOG.warning(
                 "WAN NVFP4 pair loader: %s is selected as both the high-noise and the low-noise expert; "

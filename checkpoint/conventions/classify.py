@@ -21,7 +21,7 @@ from ..layers import FP8, FP8_SCALED, LIGHTX2V_ROLES, NVFP4, LayerSpec, build_we
 from ..problems import ERROR, WARNING, Problem
 from ..reading.checks import check_layer
 from ..reading.layer_keys import EXPECTED_DTYPES, RawLayer, discover_layers, natural_key
-from ..reading.safetensors_io import SafetensorsFile
+from ..reading.sharded_source import open_source
 from ..reading.variant import WanVariant, detect_variant
 from .evidence import (
     FileEvidence,
@@ -391,11 +391,11 @@ def classify_checkpoint(
     scan_block_scales: also read the nvfp4 block scales to find NaN / negative values.
     """
     if isinstance(source, (str, Path)):
-        source = SafetensorsFile(source)
+        source = open_source(source, strict=False)  # unmapped tensors of an export become problems
     path = getattr(source, "path", None)
     _check_override(nibble_order, NIBBLE_ORDERS, "nibble order", path)
     _check_override(scale_layout, SCALE_LAYOUTS, "scale layout", path)
-    problems: list[Problem] = []
+    problems: list[Problem] = list(getattr(source, "problems", ()))  # a sharded export's mapping problems
     prefix = detect_prefix(source.keys())
     raws = discover_layers(source, prefix, problems)
     ev = _gather_evidence(source, prefix, raws, sidecar_config, find_sidecar_file)
@@ -407,7 +407,8 @@ def classify_checkpoint(
     for spec in layers.values():
         problems += check_layer(source, spec, scan_block_scales)
     problems += _metadata_problems(ev, layers) + _layout_conflicts(ev) + _dtype_problems(source)
-    variant = detect_variant(source, prefix, None if path is None else Path(path).name, source.metadata)
+    name = getattr(source, "variant_name", None) or (None if path is None else Path(path).name)
+    variant = detect_variant(source, prefix, name, source.metadata)
     if not variant.is_wan:
         problems.insert(0, _not_wan_problem(source, variant))
     provenance, evidence = _summary(ev, layers, nibble_order, scale_layout, override_reason)
