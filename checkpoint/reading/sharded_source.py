@@ -461,8 +461,11 @@ def export_expert(path: str | Path) -> tuple[str | None, str]:
 
 
 def export_label(path: str | Path) -> str | None:
-    """A file-name stem for an export (`<pipeline>_<component>`), None for a plain file."""
+    """A file-name stem for an export (`<pipeline>_<component>[_<expert>]`), None for a plain file."""
     folder = export_folder(path)
     if folder is None:
         return None
-    return f"{folder.parent.name}_{folder.name}" if folder.name in PIPELINE_EXPERTS else folder.name
+    if folder.name not in PIPELINE_EXPERTS:
+        return folder.name
+    expert, _ = pipeline_expert(folder)
+    return "_".join(p for p in (folder.parent.name, folder.name, expert) if p)
