@@ -123,3 +123,27 @@ def test_loader_refuses_an_export_with_an_unknown_tensor(loader, tmp_path):
     with pytest.raises(CheckpointError, match="maps to no ComfyUI WAN name") as e:
         loader.load_wan_model(export.shard("transformer", 1))
     assert "blocks.0.attn1.to_q.lora_B.weight" in str(e.value) and shard.name in str(e.value)
+
+
+def test_repair_node_turns_a_picked_shard_into_one_native_file(loader, tmp_path):
+    """The Repair node on one shard of a ModelOpt NVFP4 A14B export: one file named after the export and the
+    expert, next to the shard, that vanilla ComfyUI loads with the oracle's output; shards untouched."""
+    import hashlib
+
+    from wan_nvfp4.nodes.repair_node import WanRepairCheckpoint
+
+    folder = H.models_folder(tmp_path)
+    export = write_diffusers_export(folder, "wan2.2-t2v-a14b", "nvfp4")
+    shard = export.shard("transformer_2", 0)
+    shards = sorted(export.components["transformer_2"].glob("*.safetensors"))
+    before = [hashlib.sha256(p.read_bytes()).hexdigest() for p in shards]
+    result = WanRepairCheckpoint.execute(source=_relative(folder, shard), target_name="")
+    dst = shard.parent / "wan2.2-t2v-a14b-diffusers-nvfp4_transformer_2_low_noise_repaired.safetensors"
+    assert dst.exists() and "blocks.0.self_attn.q" in result.args[0]
+    assert [hashlib.sha256(p.read_bytes()).hexdigest() for p in shards] == before
+    fx = export.twins["transformer_2"]
+    inputs = H.forward_inputs(fx.variant)
+    out = H.run(H.comfy()["sd"].load_diffusion_model(str(dst)), inputs)
+    oracle = H.run(H.vanilla_model(H.oracle_state_dict(fx)), inputs)
+    H.unload()
+    assert H.rel_err(out, oracle) <= MAX_REL_ERR
