@@ -194,6 +194,7 @@ def test_original_wan_named_shards_keep_their_names(tmp_path):
     keys = sorted(fx.tensors)
     folder = tmp_path / "Wan2.1-T2V-14B"
     folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"_class_name": "WanModel", "model_type": "t2v"}))
     weight_map = {}
     for i, part in enumerate((keys[: len(keys) // 2], keys[len(keys) // 2 :]), 1):
         name = f"diffusion_pytorch_model-{i:05d}-of-00002.safetensors"
@@ -205,6 +206,30 @@ def test_original_wan_named_shards_keep_their_names(tmp_path):
     source = open_checkpoint(folder / "diffusion_pytorch_model-00002-of-00002.safetensors")
     assert source.naming == "wan" and set(source.keys()) == set(keys)
     assert classify_checkpoint(folder).variant.id == "wan2.1-t2v-14b"
+
+
+def test_unsharded_diffusers_file_with_its_config(tmp_path):
+    fx = twin_fixture("wan2.2-ti2v-5b", "bf16")
+    folder = tmp_path / "transformer"
+    folder.mkdir()
+    save_file(diffusers_tensors(fx), str(folder / "diffusion_pytorch_model.safetensors"))
+    (folder / "config.json").write_text(json.dumps({"_class_name": "WanTransformer3DModel"}))
+    for where in (folder, folder / "diffusion_pytorch_model.safetensors"):
+        source = open_checkpoint(where)
+        assert source.naming == "diffusers" and set(source.keys()) == set(fx.tensors)
+
+
+def test_opening_reads_headers_only(exports, monkeypatch):
+    """Opening maps nothing: tensors are read one at a time when asked for (memory stays bounded)."""
+    from wan_nvfp4.checkpoint.reading.safetensors_io import SafetensorsFile
+
+    reads = []
+    original = SafetensorsFile.tensor
+    monkeypatch.setattr(SafetensorsFile, "tensor", lambda self, k: reads.append(k) or original(self, k))
+    source = open_checkpoint(exports["nvfp4"].components["transformer"])
+    assert reads == []
+    source.tensor("blocks.0.ffn.0.weight")
+    assert reads == ["blocks.0.ffn.net.0.proj.weight"]
 
 
 def test_single_file_without_index_is_still_a_plain_file(tmp_path):

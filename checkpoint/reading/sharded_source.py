@@ -37,6 +37,7 @@ PIPELINE_INDEX = "model_index.json"
 NAMING_DIFFUSERS = "diffusers"
 NAMING_WAN = "wan"  # original WAN names (Wan-AI repos), identical to ComfyUI's
 WAN_MARKER_KEYS = ("head.head.weight", "head.modulation")
+WAN_CLASSES = (*names.WAN_DIFFUSERS_CLASSES, "WanModel")  # WanModel: Wan-AI's original sharded repos
 # pipeline component -> expert (diffusers pipeline_wan.py: `transformer` runs t >= boundary_ratio * 1000,
 # the high-noise stage; `transformer_2` runs below it, the low-noise stage)
 PIPELINE_EXPERTS = {"transformer": "high_noise", "transformer_2": "low_noise"}
@@ -97,7 +98,9 @@ def find_export(path: str | Path) -> tuple[Path | None, list[Path]]:
         return None, []
     index = _index_beside(path.parent)
     if index is not None:
-        listed = set((_read_json(index, "shard index").get("weight_map") or {}).values())
+        data = _read_json(index, "shard index")
+        weight_map = data.get("weight_map") if isinstance(data, dict) else None
+        listed = set(weight_map.values()) if isinstance(weight_map, dict) else set()
         if path.name in listed:
             return index, []
     if SHARD_NAME.search(path.name):
@@ -140,8 +143,7 @@ def pipeline_expert(folder: Path) -> tuple[str | None, str]:
 
 def _variant_name(folder: Path, expert: str | None) -> str:
     """File-name hints for the variant detector: the export's folder names and the expert."""
-    parts = [folder.parent.name, folder.name] if folder.name in PIPELINE_EXPERTS else [folder.name]
-    return " ".join([*parts, expert or ""]).strip()
+    return " ".join([folder.parent.name, folder.name, expert or ""]).strip()
 
 
 def _safe_shard_name(index: Path, name, key: str) -> str:
@@ -247,12 +249,12 @@ class ShardedSource:
         if not isinstance(config, dict):
             raise CheckpointError(path, "config.json is not a JSON object", kind="file")
         cls = config.get("_class_name")
-        if cls is not None and cls not in names.WAN_DIFFUSERS_CLASSES:
+        if cls is not None and cls not in WAN_CLASSES:
             raise CheckpointError(
                 path,
                 "not a WAN diffusers transformer",
                 "_class_name",
-                " or ".join(names.WAN_DIFFUSERS_CLASSES),
+                " or ".join(WAN_CLASSES),
                 repr(cls),
                 hint="this pack loads WAN 2.1/2.2 video transformers only",
                 kind="config key",
