@@ -141,6 +141,8 @@ def test_export_classifies_like_its_twin_and_names_the_expert(exports, fmt):
         info = classify_checkpoint(export.shard(component, 1))
         twin = classify_checkpoint(export.twins[component].source())
         assert info.usable and not info.problems
+        if fmt != "bf16":
+            assert info.provenance == "ModelOpt (config.json quantization_config)"
         assert {
             n: (s.format, s.nibble_order, s.scale_layout, s.fp8_granularity) for n, s in info.layers.items()
         } == {

@@ -151,6 +151,8 @@ def _gather_evidence(
     ev.problems += found
     ev.modelopt_header, found = parse_modelopt_header(source.metadata)
     ev.problems += found
+    origin = getattr(source, "metadata_origin", {}).get("quantization_config")  # sharded: config.json
+    ev.modelopt_header_where = origin or ev.modelopt_header_where
     ev.comfy_quant_layers = {
         n: _comfy_quant(source, r) for n, r in raws.items() if "comfy_quant" in r.tensors
     }

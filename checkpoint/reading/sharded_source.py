@@ -171,6 +171,7 @@ class ShardedSource:
         self.folder = self.path.parent
         self.problems: list[Problem] = []
         self.ignored: list[str] = []
+        self.metadata_origin: dict[str, str] = {}  # metadata key -> where it really comes from
         shard_keys = self._read_index(index) if index is not None else None
         if shard_keys is None:
             shard_keys = {singles[0].name: None}
@@ -350,6 +351,7 @@ class ShardedSource:
         quant = self.config.get("quantization_config")
         if isinstance(quant, dict) and "quantization_config" not in meta:
             meta["quantization_config"] = json.dumps(quant)
+            self.metadata_origin["quantization_config"] = f"{CONFIG_NAME} quantization_config"
         return meta
 
     # --- the SafetensorsFile read interface ------------------------------------------------------------
