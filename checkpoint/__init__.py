@@ -2,8 +2,10 @@
 
 Public API (stable; other modules and the ComfyUI nodes build on it):
 
-- `open_checkpoint(path) -> SafetensorsFile`: header only; tensors lazily from a copy-on-write mmap; pickles
-  refused unread. `StateDictSource(state_dict, metadata, path)` is the same interface over a dict.
+- `open_checkpoint(path) -> SafetensorsFile | ShardedSource`: header only; tensors lazily from a copy-on-write
+  mmap; pickles refused unread. A sharded / diffusers-format WAN transformer (folder, index JSON or any shard)
+  opens as a `ShardedSource` with the same interface, keys in ComfyUI's WAN names.
+  `StateDictSource(state_dict, metadata, path)` is the same interface over a dict.
 - `classify_checkpoint(source, nibble_order=None, scale_layout=None, sidecar_config=None,
   scan_block_scales=True, find_sidecar_file=True) -> CheckpointInfo`: every Linear as a `LayerSpec`
   (`format` nvfp4/fp8_scaled/fp8/float, `nibble_order`, `scale_layout`, `fp8_granularity`, `tensors`
@@ -23,7 +25,9 @@ from .conventions.inspect import InspectReport, inspect_checkpoint
 from .errors import CheckpointError, PickleCheckpointError
 from .layers import FLOAT, FP8, FP8_SCALED, LAYER_FORMATS, NVFP4, LayerSpec, build_weight
 from .problems import ERROR, WARNING, Problem
-from .reading.safetensors_io import SafetensorsFile, StateDictSource, open_checkpoint
+from .reading.safetensors_io import SafetensorsFile, StateDictSource
+from .reading.sharded_source import ShardedSource
+from .reading.sharded_source import open_source as open_checkpoint
 from .reading.variant import WanDims, WanVariant, detect_variant
 
 __all__ = [
@@ -41,6 +45,7 @@ __all__ = [
     "PickleCheckpointError",
     "Problem",
     "SafetensorsFile",
+    "ShardedSource",
     "StateDictSource",
     "WanDims",
     "WanVariant",

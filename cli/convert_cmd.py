@@ -8,7 +8,11 @@ from .output_args import add_output_arguments, run_job
 
 
 def add_arguments(parser) -> None:
-    add_output_arguments(parser, "source .safetensors (bf16/fp16/fp32 or scaled FP8); never modified")
+    add_output_arguments(
+        parser,
+        "source .safetensors (bf16/fp16/fp32 or scaled FP8), or a diffusers export (folder, index or "
+        "any shard); never modified",
+    )
     parser.add_argument("--to", dest="target", choices=TARGETS, default="nvfp4", help="target format")
     parser.add_argument(
         "--layout",

@@ -9,7 +9,11 @@ from ..kernels import NIBBLE_ORDERS, SCALE_LAYOUTS
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("file", help="a .safetensors checkpoint (never modified)")
+    parser.add_argument(
+        "file",
+        help="a .safetensors checkpoint, or a sharded diffusers / ModelOpt export (its folder, index JSON "
+        "or any shard); never modified",
+    )
     parser.add_argument("--json", action="store_true", help="machine-readable report on stdout")
     parser.add_argument(
         "--nibble-order", choices=NIBBLE_ORDERS, help="override the nibble order of nvfp4 layers"

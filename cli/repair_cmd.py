@@ -7,7 +7,11 @@ from .output_args import add_output_arguments, run_job
 
 
 def add_arguments(parser) -> None:
-    add_output_arguments(parser, "the quantized .safetensors to repair; never modified")
+    add_output_arguments(
+        parser,
+        "the quantized .safetensors to repair, or a sharded diffusers / ModelOpt export (folder, "
+        "index or any shard); never modified",
+    )
     parser.add_argument("--nibble-order", choices=NIBBLE_ORDERS, help="read the NVFP4 weights in this order")
     parser.add_argument(
         "--scale-layout", choices=SCALE_LAYOUTS, help="read the NVFP4 block scales in this layout"

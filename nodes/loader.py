@@ -144,11 +144,30 @@ def _load_native(path: Path, info, options: LoaderOptions, disable_dynamic: bool
             hint="use kernel_path auto, or rewrite the file with `wan-nvfp4 repair`",
         )
     dtype = COMPUTE_DTYPES[options.compute_dtype]
-    patcher = comfy.sd.load_diffusion_model(
-        str(path), model_options={} if dtype is None else {"dtype": dtype}, disable_dynamic=disable_dynamic
-    )
+    model_options = {} if dtype is None else {"dtype": dtype}
+    if _is_sharded(info):  # ComfyUI cannot open a sharded / diffusers export: hand it the renamed dict
+        sd, metadata = _read_state_dict(path, info)
+        patcher = comfy.sd.load_diffusion_model_state_dict(
+            sd, model_options=model_options, metadata=metadata, disable_dynamic=disable_dynamic
+        )
+    else:
+        patcher = comfy.sd.load_diffusion_model(
+            str(path), model_options=model_options, disable_dynamic=disable_dynamic
+        )
     LOG.info("WAN NVFP4: %s: loaded by ComfyUI's native path (%s)", printable(path.name), info.variant.id)
     return _honour_compute_dtype(patcher, options)
+
+
+def _is_sharded(info) -> bool:
+    return hasattr(info.source, "comfy_state_dict")
+
+
+def _read_state_dict(path: Path, info) -> tuple[dict, dict]:
+    """The state dict in ComfyUI's names: ComfyUI reads a single file itself (mmap); a sharded / diffusers
+    export comes from its source, renamed, each tensor mapped lazily from its shard."""
+    if _is_sharded(info):
+        return info.source.comfy_state_dict(), dict(info.source.metadata)
+    return comfy.utils.load_torch_file(str(path), return_metadata=True)
 
 
 def load_wan_model(path: str | Path, options: LoaderOptions = LoaderOptions(), disable_dynamic: bool = False):
@@ -157,7 +176,7 @@ def load_wan_model(path: str | Path, options: LoaderOptions = LoaderOptions(), d
     info = classify(path, options)
     if options.kernel_path == COMFYUI_NATIVE:
         return _load_native(path, info, options, disable_dynamic)
-    sd, metadata = comfy.utils.load_torch_file(str(path), return_metadata=True)
+    sd, metadata = _read_state_dict(path, info)
     sd.pop(info.prefix + LEGACY_FP8_MARKER, None)
     model_options = {"custom_operations": make_operations(_plan(path, info, options))}
     dtype = _model_dtype(options, info, sd)

@@ -3,6 +3,8 @@
 import folder_paths
 from comfy_api.latest import io
 
+from ..checkpoint import CheckpointError
+from ..checkpoint.reading.sharded_source import export_expert
 from . import lora
 from .loader import (
     AUTO_CHOICE,
@@ -77,7 +79,8 @@ PAIR_REFERENCES = {"high_noise_reference": "high-noise", "low_noise_reference": 
 def unet_input(
     name: str = "unet_name",
     tooltip: str = "WAN 2.1/2.2 diffusion model from models/diffusion_models: NVFP4, scaled FP8 or "
-    "bf16/fp16, in any producer's convention (ComfyUI, ModelOpt, LightX2V, Kijai, ...)",
+    "bf16/fp16, in any producer's convention (ComfyUI, ModelOpt, LightX2V, Kijai, ...); for a sharded "
+    "diffusers / ModelOpt export pick any one of its shards",
 ):
     return io.Combo.Input(name, options=folder_paths.get_filename_list(FOLDER), tooltip=tooltip)
 
@@ -108,6 +111,22 @@ def options_from(kwargs: dict, reference_key: str = "reference_name") -> LoaderO
 
 def load(unet_name: str, options: LoaderOptions):
     return load_wan_model(folder_paths.get_full_path_or_raise(FOLDER, unet_name), options)
+
+
+def check_expert_slot(slot: str, path: str) -> None:
+    """Refuse a diffusers A14B export component picked for the other expert's input (the pipeline's
+    `model_index.json` says which is which: `transformer` is high noise, `transformer_2` low noise)."""
+    expert, reason = export_expert(path)
+    if expert is not None and expert != slot:
+        raise CheckpointError(
+            path,
+            f"this is the {expert.replace('_', '-')} expert, picked as the {slot.replace('_', '-')} expert",
+            None,
+            f"the {slot.replace('_', '-')} expert",
+            reason,
+            hint="swap the two inputs",
+            kind="file",
+        )
 
 
 class WanNVFP4Loader(io.ComfyNode):
@@ -178,12 +197,14 @@ class WanNVFP4PairLoader(io.ComfyNode):
                 unet_input(
                     "high_noise_unet",
                     "WAN 2.2 A14B high-noise expert (file name usually has high_noise), from "
-                    "models/diffusion_models; NVFP4, scaled FP8 or bf16/fp16",
+                    "models/diffusion_models; NVFP4, scaled FP8 or bf16/fp16; of a diffusers / ModelOpt "
+                    "export: any shard of transformer/",
                 ),
                 unet_input(
                     "low_noise_unet",
                     "WAN 2.2 A14B low-noise expert (file name usually has low_noise), from "
-                    "models/diffusion_models; NVFP4, scaled FP8 or bf16/fp16",
+                    "models/diffusion_models; NVFP4, scaled FP8 or bf16/fp16; of a diffusers / ModelOpt "
+                    "export: any shard of transformer_2/",
                 ),
                 *advanced_inputs(),
                 *(
@@ -212,6 +233,8 @@ class WanNVFP4PairLoader(io.ComfyNode):
     @classmethod
     def execute(cls, high_noise_unet, low_noise_unet, **kwargs) -> io.NodeOutput:
         high, low = (options_from(kwargs, key) for key in PAIR_REFERENCES)
+        for slot, name in (("high_noise", high_noise_unet), ("low_noise", low_noise_unet)):
+            check_expert_slot(slot, folder_paths.get_full_path_or_raise(FOLDER, name))
         if high_noise_unet == low_noise_unet:
             LOG.warning(
                 "WAN NVFP4 pair loader: %s is selected as both the high-noise and the low-noise expert; "

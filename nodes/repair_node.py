@@ -10,6 +10,7 @@ from pathlib import Path
 import folder_paths
 from comfy_api.latest import io
 
+from ..checkpoint.reading.sharded_source import export_label
 from ..checkpoint.writing.repair import PER_ROW_FP8, VERIFY_MODES, RepairOptions, repair_checkpoint
 from .file_jobs import job_output, progress_bar_callback, target_path
 from .loader import AUTO_CHOICE, NIBBLE_ORDER_CHOICES, SCALE_LAYOUT_CHOICES, override
@@ -31,8 +32,10 @@ SEARCH_ALIASES = (
 )
 
 
-def default_target_name(source: str) -> str:
-    return f"{Path(source).stem}_repaired.safetensors"
+def default_target_name(source: str, path: str | None = None) -> str:
+    """`<source>_repaired.safetensors`; for a diffusers export's shard `<pipeline>_<component>_repaired`."""
+    label = export_label(path) if path is not None else None
+    return f"{label or Path(source).stem}_repaired.safetensors"
 
 
 class WanRepairCheckpoint(io.ComfyNode):
@@ -45,7 +48,8 @@ class WanRepairCheckpoint(io.ComfyNode):
             display_name="WAN NVFP4 Repair Checkpoint",
             category=TOOLS_CATEGORY,
             description="Rewrites a WAN NVFP4 / FP8 file whose conventions vanilla ComfyUI misreads or "
-            "refuses (ModelOpt, LightX2V, metadata-less, markerless FP8) into ComfyUI-native form: nibble "
+            "refuses (ModelOpt, LightX2V, metadata-less, markerless FP8; also a sharded diffusers / ModelOpt "
+            "export, picked by any one shard) into one ComfyUI-native file: nibble "
             "swap, scale swizzle, metadata, markers, no requantization. Written next to the source in "
             "diffusion_models (atomically; the source is never modified); the dequantized weights are "
             "compared before and after. Returns the per-layer report; a JSON copy is saved next to the new "
@@ -109,7 +113,7 @@ class WanRepairCheckpoint(io.ComfyNode):
         overwrite: bool = False,
     ) -> io.NodeOutput:
         src = folder_paths.get_full_path_or_raise(FOLDER, source)
-        dst = target_path(target_name.strip() or default_target_name(source), Path(src))
+        dst = target_path(target_name.strip() or default_target_name(source, src), Path(src))
         options = RepairOptions(
             nibble_order=override(nibble_order),
             scale_layout=override(scale_layout),

@@ -20,7 +20,7 @@ from ..errors import CheckpointError
 from ..layers import FP8, FP8_SCALED, LIGHTX2V_ROLES, NVFP4, LayerSpec, build_weight, read_json_marker
 from ..problems import ERROR, WARNING, Problem
 from ..reading.layer_keys import RawLayer, discover_layers, natural_key
-from ..reading.safetensors_io import SafetensorsFile
+from ..reading.sharded_source import open_source
 from ..reading.validation import checkpoint_problems
 from ..reading.variant import WanVariant, detect_variant
 from .evidence import (
@@ -151,6 +151,8 @@ def _gather_evidence(
     ev.problems += found
     ev.modelopt_header, found = parse_modelopt_header(source.metadata)
     ev.problems += found
+    origin = getattr(source, "metadata_origin", {}).get("quantization_config")  # sharded: config.json
+    ev.modelopt_header_where = origin or ev.modelopt_header_where
     ev.comfy_quant_layers = {
         n: _comfy_quant(source, r) for n, r in raws.items() if "comfy_quant" in r.tensors
     }
@@ -360,11 +362,11 @@ def classify_checkpoint(
     of a weight's elements). Every usability check is `reading.validation.checkpoint_problems`.
     """
     if isinstance(source, (str, Path)):
-        source = SafetensorsFile(source)
+        source = open_source(source, strict=False)  # unmapped tensors of an export become problems
     path = getattr(source, "path", None)
     _check_override(nibble_order, NIBBLE_ORDERS, "nibble order", path)
     _check_override(scale_layout, SCALE_LAYOUTS, "scale layout", path)
-    problems: list[Problem] = []
+    problems: list[Problem] = list(getattr(source, "problems", ()))  # a sharded export's mapping problems
     prefix = detect_prefix(source.keys())
     raws = discover_layers(source, prefix, problems)
     ev = _gather_evidence(source, prefix, raws, sidecar_config, find_sidecar_file)
@@ -373,7 +375,8 @@ def classify_checkpoint(
         name: _spec(source, raw, ev, nibble_order, scale_layout, override_reason)
         for name, raw in raws.items()
     }
-    variant = detect_variant(source, prefix, None if path is None else Path(path).name, source.metadata)
+    name = getattr(source, "variant_name", None) or (None if path is None else Path(path).name)
+    variant = detect_variant(source, prefix, name, source.metadata)
     checked = checkpoint_problems(source, prefix, layers, variant, scan_block_scales)
     first = checked[:1] if not variant.is_wan else []  # "not a WAN model" is the error to raise
     problems = (

@@ -39,6 +39,7 @@ class FileEvidence:
     comfy_layers: dict[str, dict] | None = None  # header `_quantization_metadata` layers (no prefix), if any
     comfy_quant_layers: dict[str, dict] = field(default_factory=dict)  # layer -> its `.comfy_quant` config
     modelopt_header: dict | None = None  # header `quantization_config` with producer modelopt
+    modelopt_header_where: str = "header quantization_config"  # a sharded export's is its config.json's
     sidecar: dict | None = None  # hf_quant_config.json with producer modelopt, beside the file
     sidecar_where: str = ""
     legacy_marker: bool = False
@@ -61,7 +62,7 @@ class FileEvidence:
 
     @property
     def modelopt_where(self) -> str:
-        return "header quantization_config" if self.modelopt_header is not None else self.sidecar_where
+        return self.modelopt_header_where if self.modelopt_header is not None else self.sidecar_where
 
 
 def _is_modelopt(config) -> bool:

@@ -13,7 +13,15 @@ from ..problems import ERROR
 from ..text import printable
 from .classify import CheckpointInfo, classify_checkpoint
 from .metadata import list_metadata
-from .verdicts import PACK_REFUSES, Verdict, comfy_view, comfyui_verdict, pack_verdict
+from .verdicts import (
+    COMFYUI_OUTCOMES,
+    NOT_DETECTED,
+    PACK_REFUSES,
+    Verdict,
+    comfy_view,
+    comfyui_verdict,
+    pack_verdict,
+)
 
 EXIT_USABLE = 0
 EXIT_UNUSABLE = 1
@@ -54,7 +62,7 @@ class InspectReport:
             "verdicts": {"comfyui": self.comfyui.to_json(), "wan_nvfp4": self.pack.to_json()},
             "usable": self.usable,
             "exit_code": self.exit_code,
-        }
+        } | ({"export": info.source.describe()} if hasattr(info.source, "describe") else {})
 
     def to_text(self) -> str:
         return printable("\n".join(_text_sections(self)), keep_newlines=True)  # key names come from the file
@@ -142,6 +150,29 @@ def _verdict_lines(title: str, verdict: Verdict) -> list[str]:
     return lines
 
 
+def _export_lines(info: CheckpointInfo) -> list[str]:
+    """A sharded / diffusers export (`reading.sharded_source`): where the tensors come from."""
+    if not hasattr(info.source, "describe"):
+        return []
+    d = info.source.describe()
+    lines = [
+        f"Export: {d['naming']} names, {len(d['shards'])} shard(s)"
+        + (f" via {d['index']}" if d["index"] else "")
+        + (f", {d['class']}" if d["class"] else ""),
+        f"  mapping: {d['tensors']} tensors, {d['renamed']} renamed to ComfyUI WAN names"
+        + (f", {len(d['fused_split'])} fused tensors split" if d["fused_split"] else "")
+        + (f", {len(d['ignored'])} ignored as diffusers ignores them" if d["ignored"] else ""),
+    ]
+    lines += [f"  mapping: {name} <- {where}" for name, where in list(d["mapping"].items())[:MAX_LISTED]]
+    if len(d["mapping"]) > MAX_LISTED:
+        lines.append(f"  mapping: ... {len(d['mapping']) - MAX_LISTED} more (--json lists all)")
+    if d["unmapped"]:
+        lines.append(f"  UNMAPPED: {len(d['unmapped'])} tensor(s), e.g. {d['unmapped'][0]}")
+    if d["expert"]:
+        lines.append(f"  expert: {d['expert']} ({d['expert_reason']})")
+    return lines
+
+
 def _text_sections(report: InspectReport) -> list[str]:
     info = report.info
     size = getattr(info.source, "file_size", None)
@@ -152,7 +183,7 @@ def _text_sections(report: InspectReport) -> list[str]:
     lines.append(f"Provenance: {info.provenance}")
     lines += [f"  evidence: {e}" for e in info.evidence]
     lines += list_metadata(info).to_lines()
-    lines += _convention_lines(info) + _problem_lines(info)
+    lines += _export_lines(info) + _convention_lines(info) + _problem_lines(info)
     lines.append("Verdicts:")
     lines += _verdict_lines("  vanilla ComfyUI 0.29", report.comfyui)
     lines += _verdict_lines("  wan-nvfp4", report.pack)
@@ -164,9 +195,13 @@ def report_for(info: CheckpointInfo) -> InspectReport:
     """Both verdicts for an already classified checkpoint."""
     view = comfy_view(info.source, info.prefix, info.layers)
     errors = [p.message(info.path) for p in info.errors]
+    comfyui = comfyui_verdict(view, info.layers, info.variant.is_wan)
+    if hasattr(info.source, "describe"):  # ComfyUI opens one file in WAN names, not shards / diffusers names
+        reason = "a sharded / diffusers-format export: ComfyUI's model detection never sees it as WAN"
+        comfyui = Verdict(NOT_DETECTED, COMFYUI_OUTCOMES[NOT_DETECTED], (reason,))
     return InspectReport(
         info=info,
-        comfyui=comfyui_verdict(view, info.layers, info.variant.is_wan),
+        comfyui=comfyui,
         pack=pack_verdict(info.layers, errors, info.variant.is_wan),
     )
 

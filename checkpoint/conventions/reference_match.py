@@ -26,7 +26,7 @@ from ...kernels import (
 )
 from ..errors import CheckpointError
 from ..layers import FLOAT, FP8_SCALED, NVFP4, LayerSpec, build_weight, global_scale_of
-from ..reading.safetensors_io import SafetensorsFile
+from ..reading.sharded_source import open_source
 from ..sqnr import format_db, sqnr_db
 
 INCONCLUSIVE = "inconclusive"
@@ -205,7 +205,7 @@ def _match_layer(spec, source, ref_spec, reference, max_rows, margin_db, min_sqn
 
 def _open(source_or_path):
     if isinstance(source_or_path, (str, Path)):
-        return SafetensorsFile(source_or_path)
+        return open_source(source_or_path)
     return source_or_path
 
 

@@ -18,6 +18,9 @@ from .safetensors_io import open_regular
 
 def read_tensor(source, name: str) -> torch.Tensor:
     """The tensor `name` of `source` as an owning CPU tensor (never a view of the file)."""
+    own = getattr(source, "read_tensor", None)  # a source over several files (sharded_source) reads itself
+    if own is not None:
+        return own(name)
     entries = getattr(source, "entries", None)
     path = getattr(source, "path", None)
     if entries is None or path is None:

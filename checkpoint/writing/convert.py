@@ -17,7 +17,7 @@ from ...kernels import WeightFormatError, dequantize
 from ..errors import CheckpointError
 from ..layers import FLOAT, FP8_SCALED, NVFP4, LayerSpec, build_weight
 from ..progress import ProgressCallback, no_progress
-from ..reading.safetensors_io import SafetensorsFile
+from ..reading.sharded_source import open_source
 from ..reading.stream_read import TensorReader, release_freed_memory
 from ..sqnr import chunked_sqnr_db
 from .job_report import JobReport, LayerResult
@@ -249,7 +249,7 @@ def convert_checkpoint(
     options = (options or ConvertOptions()).validate()
     progress = progress or no_progress
     start = time.perf_counter()
-    source = SafetensorsFile(src)
+    source = open_source(src)  # one file, or a sharded / diffusers export mapped to ComfyUI names
     info = _classify(source)
     info.raise_for_problems()  # nothing is written from a file `inspect` calls unusable
     plan = plan_conversion(source, info, options)
@@ -272,7 +272,7 @@ def convert_checkpoint(
         dst,
         plan.tensors,
         plan.metadata,
-        protect=[Path(src)],
+        protect=[Path(src), *getattr(source, "files", ())],
         overwrite=options.overwrite,
         spot_checks=options.spot_checks,
     ) as writer:

@@ -316,12 +316,12 @@ def repair_checkpoint(
     `reference_match`); an inconclusive comparison is an error unless explicit overrides are given.
     """
     from ..conventions.classify import classify_checkpoint
-    from ..reading.safetensors_io import SafetensorsFile
+    from ..reading.sharded_source import open_source
 
     options = (options or RepairOptions()).validate()
     progress = progress or no_progress
     start = time.perf_counter()
-    source = SafetensorsFile(src)
+    source = open_source(src)  # one file, or a sharded / diffusers export mapped to ComfyUI names
     notes = []
     nibble_order, scale_layout = options.nibble_order, options.scale_layout
     if reference is not None:
@@ -371,7 +371,7 @@ def repair_checkpoint(
         dst,
         planned,
         metadata,
-        protect=[Path(src)],
+        protect=[Path(src), *getattr(source, "files", ())],
         overwrite=options.overwrite,
         spot_checks=options.spot_checks,
     ) as writer:
