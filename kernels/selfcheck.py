@@ -31,8 +31,18 @@ from dataclasses import dataclass
 import torch
 
 from . import gpu_info, torch_paths
-from .capabilities import _constant_under_compile
-from .dispatch import FP8, NVFP4, SELF_CHECKED, TRITON_DEQUANT, TRITON_FUSED
+from .capabilities import _constant_under_compile, device_caps
+from .dispatch import (
+    CONSTRAINTS,
+    DEQUANTIZE,
+    FP8,
+    LINEAR,
+    NVFP4,
+    SELF_CHECKED,
+    TRITON_DEQUANT,
+    TRITON_FUSED,
+    Request,
+)
 from .fp8 import quantize_fp8
 from .nvfp4 import quantize_nvfp4
 from .packing import NIBBLE_ORDERS
@@ -288,3 +298,40 @@ def reset() -> None:
         _OK.clear()
         _DISABLED.clear()
         _RESULTS.clear()
+
+
+def check_all(device: torch.device | str, dtype: torch.dtype = torch.bfloat16, caps=None) -> list[dict]:
+    """Check every ALL_VARIANTS x SELF_CHECKED path that `auto` may take on `device` in `dtype` (through
+    `allows`: cached like a model's checks). One row per pair: `status` passed / FAILED / disabled (another
+    variant failed first) / n/a (the path cannot run here: `detail` says why)."""
+    device = torch.device(device)
+    caps = caps or device_caps(device)
+    rows = []
+    for variant in ALL_VARIANTS:
+        weight = check_weight(variant)
+        for path in SELF_CHECKED:
+            row = {
+                "path": path,
+                "variant": variant_label(variant),
+                "dtype": _DTYPE_NAME[dtype],
+                "seconds": 0.0,
+            }
+            entry = LINEAR if path == TRITON_FUSED else DEQUANTIZE
+            weight_dtype = weight.data.dtype if isinstance(weight, FP8Weight) else None
+            m = CHECK_M if entry == LINEAR else None
+            req = Request(entry, variant[0], caps, dtype, m, CHECK_N, CHECK_K, weight_dtype)
+            problem = CONSTRAINTS[path].why_not(req) or (
+                None if caps.triton_native else "compiled Triton kernels do not run here"
+            )
+            if problem:
+                rows.append(row | {"status": "n/a", "detail": problem})
+                continue
+            allows(device.type, device.index, path, variant, _DTYPE_NAME[dtype])
+            key = (str(device), path, variant, _DTYPE_NAME[dtype])
+            result = _PASSED.get(key) or _DISABLED[str(device), path]
+            if result.variant != variant or result.dtype != _DTYPE_NAME[dtype]:
+                rows.append(row | {"status": "disabled", "detail": f"after {result.label} failed"})
+            else:
+                status = "passed" if result.passed else "FAILED"
+                rows.append(row | {"status": status, "detail": result.detail, "seconds": result.seconds})
+    return rows

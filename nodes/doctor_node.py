@@ -3,9 +3,13 @@
 import folder_paths
 from comfy_api.latest import io, ui
 
+from ..bench import gpu_report
 from ..checkpoint import CheckpointError, inspect_checkpoint
 from ..checkpoint.conventions.reference_match import compare_with_reference
 from .loader_nodes import FOLDER, TOOLS_CATEGORY, reference_input, reference_path, unet_input
+
+# choice -> run the benchmark? (None: no GPU report)
+GPU_REPORTS = {"off": None, "environment + self-check": False, "full (~30 s benchmark)": True}
 
 
 def doctor_report(path: str, reference_path: str | None = None) -> str:
@@ -20,6 +24,14 @@ def doctor_report(path: str, reference_path: str | None = None) -> str:
         except CheckpointError as e:
             text += f"\n\nReference check failed: {e}"
     return text
+
+
+def gpu_report_text(choice: str) -> str:
+    """`wan-nvfp4 gpu` as Markdown (the same report), or '' when off."""
+    run_benchmark = GPU_REPORTS[choice]
+    if run_benchmark is None:
+        return ""
+    return gpu_report.to_markdown(gpu_report.build_report("cuda", run_benchmark=run_benchmark))
 
 
 class WanNVFP4Doctor(io.ComfyNode):
@@ -37,13 +49,23 @@ class WanNVFP4Doctor(io.ComfyNode):
             inputs=[
                 unet_input(),
                 reference_input("the same model in bf16/fp16/fp8, to decide undecidable conventions"),
+                io.Combo.Input(
+                    "gpu_report",
+                    options=list(GPU_REPORTS),
+                    default="off",
+                    optional=True,
+                    tooltip="also report this GPU (versions, kernel self-check, optional ~30 s benchmark): "
+                    "the same as `wan-nvfp4 gpu`, to paste into an issue",
+                ),
             ],
             outputs=[io.String.Output("report")],
             is_output_node=True,
         )
 
     @classmethod
-    def execute(cls, unet_name, reference_name="none") -> io.NodeOutput:
+    def execute(cls, unet_name, reference_name="none", gpu_report="off") -> io.NodeOutput:
         path = folder_paths.get_full_path_or_raise(FOLDER, unet_name)
         text = doctor_report(path, reference_path(reference_name))
+        gpu_text = gpu_report_text(gpu_report)
+        text = f"{text}\n\n{gpu_text}" if gpu_text else text
         return io.NodeOutput(text, ui=ui.PreviewText(text))
