@@ -187,6 +187,7 @@ WORKER_CALLS = {
     "ops_dequantize": ("ops", "dequantize"),
     "ops_resolve_path": ("ops", "resolve_path"),
     "selfcheck_scenario": ("wan_nvfp4.tests.selfcheck_cases", "run_scenario"),
+    "selfcheck_check_all": ("wan_nvfp4.tests.selfcheck_cases", "check_all_scenario"),
 }
 
 

@@ -180,3 +180,22 @@ def run_scenario(fault: str | None, compiled: bool = False, dtype: torch.dtype =
         for obj, name, value in reversed(saved):
             setattr(obj, name, value)
         selfcheck.reset()
+
+
+def check_all_scenario(fault: str | None) -> list[dict]:
+    """`selfcheck.check_all` (what `wan-nvfp4 gpu` shows) on the simulated GPU with `fault` injected."""
+    selfcheck.reset()
+    saved = []
+
+    def monkey(obj, name, value):
+        saved.append((obj, name, getattr(obj, name)))
+        setattr(obj, name, value)
+
+    try:
+        monkey(gpu_info, "device_caps", lambda device: SIMULATED)
+        FAULTS[fault](monkey)
+        return selfcheck.check_all("cpu", torch.bfloat16, caps=SIMULATED)
+    finally:
+        for obj, name, value in reversed(saved):
+            setattr(obj, name, value)
+        selfcheck.reset()

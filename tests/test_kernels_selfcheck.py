@@ -101,6 +101,16 @@ def test_only_the_failing_path_is_disabled(interp):
         assert C.relative_error(run["outputs"][m], run["torch"][m]) < 2e-2
 
 
+def test_check_all_rows_as_the_gpu_report_shows_them(interp):
+    rows = interp("selfcheck_check_all", "fused_launch_error")
+    assert len(rows) == 2 * len(selfcheck.ALL_VARIANTS)
+    fused = [r for r in rows if r["path"] == "triton-fused"]
+    assert fused[0]["status"] == "FAILED" and "illegal memory access" in fused[0]["detail"]
+    assert {r["status"] for r in fused[1:]} == {"disabled"}
+    assert all(r["detail"] == f"after triton-fused {fused[0]['variant']} bfloat16 failed" for r in fused[1:])
+    assert {r["status"] for r in rows if r["path"] == "triton-dequant"} == {"passed"}
+
+
 def test_check_weight_is_not_a_multiple_of_any_tile():
     from wan_nvfp4.kernels.swizzle import TILE_COLS, TILE_ROWS
 
