@@ -191,6 +191,7 @@ _PASSED: dict[tuple, CheckResult] = {}  # (device, path, variant, dtype) -> its 
 _DISABLED: dict[tuple[str, str], CheckResult] = {}  # (device, path) -> the check that failed
 _RESULTS: list[CheckResult] = []  # every check run, in order
 _OK: set[tuple] = set()  # (device type, index, path, variant, dtype) as `allows` is called, once passed
+_NO: set[tuple] = set()  # (device type, index, path) as `allows` is called, once disabled
 
 
 def run_check(device: torch.device, path: str, variant: tuple[str, ...], dtype: torch.dtype) -> CheckResult:
@@ -230,11 +231,14 @@ def allows(device_type: str, device_index, path: str, variant: tuple, dtype_name
     """
     if (device_type, device_index, path, variant, dtype_name) in _OK:
         return True  # the per-call cost once checked: one set lookup
+    if (device_type, device_index, path) in _NO:
+        return False
     device = torch.device(device_type) if device_index is None else torch.device(device_type, device_index)
     name = str(device)
     key = (name, path, variant, dtype_name)
     with _LOCK:
         if (name, path) in _DISABLED:
+            _NO.add((device_type, device_index, path))
             return False
         if key in _PASSED:
             _OK.add((device_type, device_index, path, variant, dtype_name))
@@ -253,6 +257,7 @@ def allows(device_type: str, device_index, path: str, variant: tuple, dtype_name
             )
         else:
             _DISABLED[name, path] = result
+            _NO.add((device_type, device_index, path))
             _warn(result, device)
         return result.passed
 
@@ -296,6 +301,7 @@ def reset() -> None:
     with _LOCK:
         _PASSED.clear()
         _OK.clear()
+        _NO.clear()
         _DISABLED.clear()
         _RESULTS.clear()
 
