@@ -149,3 +149,21 @@ def test_nothing_runs_at_import():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["0", "False"]
+
+
+def test_path_log_line_shows_checks_that_ran_after_it(monkeypatch):
+    """A check run by a later call (the first small-M call) makes the model log its line again, with it."""
+    from wan_nvfp4.kernels.options import PathLog
+
+    log = PathLog("m", expected_layers=1)
+    log.record("a", "nvfp4", "triton-dequant")
+    assert log.lines == ["m: nvfp4: 1 layer (triton-dequant)"]  # no check ran: nothing appended
+    log.record("a", "nvfp4", "triton-dequant")
+    assert len(log.lines) == 1
+    monkeypatch.setattr(selfcheck, "generation", lambda: 1)
+    monkeypatch.setattr(selfcheck, "summary", lambda: "triton-fused FAILED on cuda:0 (x): disabled")
+    log.record("a", "nvfp4", "triton-dequant")
+    log.record("a", "nvfp4", "triton-dequant")
+    assert log.lines[1:] == [
+        "m: nvfp4: 1 layer (triton-dequant); self-check: triton-fused FAILED on cuda:0 (x): disabled"
+    ]
