@@ -10,6 +10,10 @@ COMMANDS = {
     "selftest": ("selftest_cmd", "build tiny WAN checkpoints in every convention and check them end to end"),
     "convert": ("convert_cmd", "quantize a bf16/fp16/fp32 or scaled-FP8 WAN checkpoint to NVFP4 or FP8"),
     "repair": ("repair_cmd", "rewrite a foreign-convention NVFP4/FP8 file losslessly, ComfyUI-native"),
+    "gpu": (
+        "gpu_cmd",
+        "report this GPU: versions, kernel self-check, a ~30 s benchmark (paste it into an issue)",
+    ),
 }
 
 

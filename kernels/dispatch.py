@@ -7,6 +7,7 @@ on a GPU, never the interpreter). A forced path that
 cannot run raises `PathUnavailableError` saying which constraint failed.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -167,6 +168,8 @@ CONSTRAINTS = {
 
 # `auto` preference, best first.
 AUTO_ORDER = (FP8_SCALED_MM, TRITON_FUSED, TRITON_DEQUANT, TORCH)
+# Paths whose kernels `auto` uses on a device only after a first-use self-check passed there (selfcheck.py).
+SELF_CHECKED = (TRITON_FUSED, TRITON_DEQUANT)
 
 
 class PathUnavailableError(RuntimeError):
@@ -183,8 +186,17 @@ def check_path(path: str, req: Request) -> str:
     return path
 
 
-def choose_path(req: Request, fp8_fast: bool = False, fused_max_m: int | None = None) -> str:
-    """The `auto` choice: the first path of AUTO_ORDER that can run and whose regime fits."""
+def choose_path(
+    req: Request,
+    fp8_fast: bool = False,
+    fused_max_m: int | None = None,
+    gate: Callable[[str], bool] | None = None,
+) -> str:
+    """The `auto` choice: the first path of AUTO_ORDER that can run and whose regime fits.
+
+    gate: the self-check verdict (`selfcheck.gate`), asked only for a SELF_CHECKED path that can run `req`;
+    a path it refuses is skipped like one that cannot run.
+    """
     threshold = FUSED_MAX_M.get(req.format, 0) if fused_max_m is None else fused_max_m
     for path in AUTO_ORDER:
         rule = CONSTRAINTS[path]
@@ -194,6 +206,6 @@ def choose_path(req: Request, fp8_fast: bool = False, fused_max_m: int | None = 
             continue
         if rule.needs_triton_device and not req.caps.triton_native:
             continue  # the interpreter runs Triton only when a path is forced (debugging, tests)
-        if rule.why_not(req) is None:
+        if rule.why_not(req) is None and (gate is None or path not in SELF_CHECKED or gate(path)):
             return path
     raise PathUnavailableError(f"no kernel path can run this {req.format} {req.entry}")  # TORCH always can

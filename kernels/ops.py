@@ -2,14 +2,15 @@
 
 `weight` is an NVFP4Weight, FP8Weight or float tensor exactly as read from the file (no conversion at load).
 The path is resolved here, outside the custom ops, from declared constraints (`dispatch`); `auto` also
-looks at the regime (M vs the fused threshold). `resolve_path` returns the choice without running it, so a
+looks at the regime (M vs the fused threshold) and, for the Triton paths, at the first-use self-check of the
+device (`selfcheck`). `resolve_path` returns the choice without running it, so a
 model can log it (`options.PathLog`). Paths: see `dispatch.PATHS`.
 """
 
 import torch
 import torch.nn.functional as F
 
-from . import custom_ops
+from . import custom_ops, selfcheck
 from .capabilities import device_caps
 from .dispatch import (
     AUTO,
@@ -35,10 +36,11 @@ def _request(entry: str, weight, dtype: torch.dtype, device: torch.device, m: in
     return Request(entry, fmt, device_caps(device), dtype, m, n, k, weight_dtype)
 
 
-def _resolve(req: Request, path: str, options: KernelOptions) -> str:
+def _resolve(req: Request, path: str, options: KernelOptions, weight, device: torch.device) -> str:
     requested = options.path if path == AUTO else path
     if requested == AUTO:
-        return choose_path(req, fp8_fast=options.fp8_fast, fused_max_m=options.fused_max_m)
+        gate = None if req.format == FLOAT else selfcheck.gate(device, weight, req.dtype)
+        return choose_path(req, fp8_fast=options.fp8_fast, fused_max_m=options.fused_max_m, gate=gate)
     return check_path(requested, req)
 
 
@@ -50,7 +52,8 @@ def resolve_path(x: torch.Tensor, weight, path: str = AUTO, options: KernelOptio
     """The path `linear(x, weight, path=path, options=options)` would run (raises if a forced one cannot)."""
     options = options or DEFAULT_OPTIONS
     m = x.numel() // max(x.shape[-1], 1)
-    return _resolve(_request(LINEAR, weight, _compute_dtype(x, options), x.device, m), path, options)
+    req = _request(LINEAR, weight, _compute_dtype(x, options), x.device, m)
+    return _resolve(req, path, options, weight, x.device)
 
 
 def path_problem(x: torch.Tensor, weight, path: str, options: KernelOptions | None = None) -> str | None:
@@ -110,7 +113,7 @@ def linear(
 def resolve_dequantize_path(weight, dtype: torch.dtype, path: str = AUTO) -> str:
     """The path `dequantize(weight, dtype, path)` would run."""
     req = _request(DEQUANTIZE, weight, dtype, weight.device, None)
-    return _resolve(req, path, DEFAULT_OPTIONS)
+    return _resolve(req, path, DEFAULT_OPTIONS, weight, weight.device)
 
 
 def dequantize(weight, dtype: torch.dtype = torch.bfloat16, path: str = AUTO) -> torch.Tensor:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import selfcheck
 from .dispatch import AUTO, PATHS
 
 LOG = logging.getLogger("wan_nvfp4.kernels")
@@ -49,7 +50,9 @@ class PathLog:
     `record(layer, fmt, path)` is cheap after the first call per (layer, path). The summary
     ("<name>: float: 12 layers (torch), nvfp4: 400 layers (triton-dequant)") is logged once every
     expected layer has been seen, and again only if a layer later takes a path it had not taken before
-    (e.g. the first small-M call that runs the fused kernel). Does nothing while torch.compile traces.
+    (e.g. the first small-M call that runs the fused kernel) or a kernel self-check ran since (its result is
+    part of the line: `...; self-check: triton-dequant ok on cuda:0 (1 variant)`). Does nothing while
+    torch.compile traces.
     """
 
     def __init__(self, name: str, expected_layers: int, logger: logging.Logger = LOG):
@@ -57,11 +60,16 @@ class PathLog:
         self.expected_layers = expected_layers
         self.logger = logger
         self._seen: set[tuple[str, str]] = set()
+        self._checks = 0  # selfcheck.generation() when the last line was logged
         self._layers: dict[str, tuple[str, set[str]]] = {}
         self.lines: list[str] = []
 
     def record(self, layer: str, fmt: str, path: str) -> None:
-        if torch.compiler.is_compiling() or (layer, path) in self._seen:
+        if torch.compiler.is_compiling():
+            return
+        if (layer, path) in self._seen:
+            if self.lines and self._checks != selfcheck.generation():
+                self._emit()  # a self-check ran since the last line (e.g. the first small-M call)
             return
         self._seen.add((layer, path))
         fmt_paths = self._layers.setdefault(layer, (fmt, set()))
@@ -82,10 +90,15 @@ class PathLog:
 
     def flush(self) -> None:
         """Log the summary now if it changed since the last line (e.g. some layers never ran)."""
-        if self._layers and (not self.lines or self.lines[-1] != f"{self.name}: {self.summary()}"):
+        if self._layers and (not self.lines or self.lines[-1] != self._line()):
             self._emit()
 
+    def _line(self) -> str:
+        checks = selfcheck.summary()
+        return f"{self.name}: {self.summary()}" + (f"; self-check: {checks}" if checks else "")
+
     def _emit(self) -> None:
-        line = f"{self.name}: {self.summary()}"
+        line = self._line()
+        self._checks = selfcheck.generation()
         self.lines.append(line)
         self.logger.info("kernel paths %s", line)

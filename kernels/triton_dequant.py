@@ -12,7 +12,7 @@ import triton.language as tl
 
 from . import triton_utils
 from .triton_decode import fp8_tile, nvfp4_tile
-from .triton_utils import fp8_args, nvfp4_args, on_device, pick_configs
+from .triton_utils import fp8_args, launcher, nvfp4_args, on_device, pick_configs
 from .weights import FP8Weight, NVFP4Weight
 
 OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
@@ -27,6 +27,7 @@ GPU_CONFIGS = [
 ]
 _INTERPRETER_CONFIG = triton.Config({"BLOCK_N": 32, "BLOCK_K": 64}, num_warps=1, num_stages=1)
 CONFIGS = pick_configs(GPU_CONFIGS, _INTERPRETER_CONFIG)
+CHECK_CONFIG = CONFIGS[0]  # the one config the first-use self-check compiles (kernels/selfcheck.py)
 
 
 @triton.autotune(configs=CONFIGS, key=["N", "K", "HIGH_FIRST", "SWIZZLED"])
@@ -113,15 +114,16 @@ def _check_dtype(dtype: torch.dtype) -> None:
         raise ValueError(f"Triton dequant output dtype must be one of {OUT_DTYPES}, got {dtype}")
 
 
-def dequantize_nvfp4(w: NVFP4Weight, dtype: torch.dtype) -> torch.Tensor:
-    """`[N, K]` in `dtype` on the weight's device (exact, see the module docstring)."""
+def dequantize_nvfp4(w: NVFP4Weight, dtype: torch.dtype, config=None) -> torch.Tensor:
+    """`[N, K]` in `dtype` on the weight's device (exact, see the module docstring); `config` pins one
+    tile config instead of autotuning."""
     _check_dtype(dtype)
     a = nvfp4_args(w, w.device)
     out = torch.empty((a.n, a.k), dtype=dtype, device=w.device)
     if out.numel() == 0:
         return out
     with on_device(out):
-        _nvfp4_dequant_kernel[_grid(a.n, a.k)](
+        launcher(_nvfp4_dequant_kernel, _grid(a.n, a.k), config)(
             a.packed,
             a.scale,
             a.global_scale,
@@ -140,7 +142,7 @@ def dequantize_nvfp4(w: NVFP4Weight, dtype: torch.dtype) -> torch.Tensor:
     return out
 
 
-def dequantize_fp8(w: FP8Weight, dtype: torch.dtype) -> torch.Tensor:
+def dequantize_fp8(w: FP8Weight, dtype: torch.dtype, config=None) -> torch.Tensor:
     """`[N, K]` fp8 values times their per-tensor / per-row scale (fp32, rounded once) in `dtype`."""
     _check_dtype(dtype)
     a = fp8_args(w, w.device)
@@ -148,7 +150,7 @@ def dequantize_fp8(w: FP8Weight, dtype: torch.dtype) -> torch.Tensor:
     if out.numel() == 0:
         return out
     with on_device(out):
-        _fp8_dequant_kernel[_grid(a.n, a.k)](
+        launcher(_fp8_dequant_kernel, _grid(a.n, a.k), config)(
             a.data,
             a.scale if a.scale is not None else out,  # unused pointer when SCALE_MODE is none
             out,
@@ -166,5 +168,5 @@ def dequantize_fp8(w: FP8Weight, dtype: torch.dtype) -> torch.Tensor:
 DEQUANTIZERS = {NVFP4Weight: dequantize_nvfp4, FP8Weight: dequantize_fp8}
 
 
-def dequantize(weight, dtype: torch.dtype) -> torch.Tensor:
-    return DEQUANTIZERS[type(weight)](weight, dtype)
+def dequantize(weight, dtype: torch.dtype, config=None) -> torch.Tensor:
+    return DEQUANTIZERS[type(weight)](weight, dtype, config)

@@ -14,7 +14,7 @@ import triton.language as tl
 from . import triton_utils
 from .capabilities import interpreter_active
 from .triton_decode import fp8_tile, nvfp4_tile
-from .triton_utils import fp8_args, m_bucket, nvfp4_args, on_device, pick_configs
+from .triton_utils import fp8_args, launcher, m_bucket, nvfp4_args, on_device, pick_configs
 from .weights import FP8Weight, NVFP4Weight
 
 SCALE_TENSOR = tl.constexpr(triton_utils.SCALE_TENSOR)
@@ -53,6 +53,12 @@ GPU_CONFIGS = [
 ]
 _INTERPRETER_CONFIG = triton.Config({"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 64, "GROUP_M": 4}, num_warps=1)
 CONFIGS = pick_configs(GPU_CONFIGS, _INTERPRETER_CONFIG)
+
+
+def check_config(m: int):
+    """The one config the first-use self-check compiles for `m` rows: the first of its M bucket."""
+    bucket = m_bucket(m)
+    return next((c for c in CONFIGS if c.kwargs["BLOCK_M"] == bucket), CONFIGS[0])
 
 
 def _prune_by_m_bucket(configs, named_args, **kwargs):
@@ -229,15 +235,17 @@ def _prepare(x: torch.Tensor, n: int, k: int, bias: torch.Tensor | None):
     return out, bias_arg
 
 
-def nvfp4_linear(x: torch.Tensor, w: NVFP4Weight, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """`x [M, K] @ dequant(w).T + bias` -> `[M, N]` in x's dtype, in one kernel."""
+def nvfp4_linear(
+    x: torch.Tensor, w: NVFP4Weight, bias: torch.Tensor | None = None, config=None
+) -> torch.Tensor:
+    """`x [M, K] @ dequant(w).T + bias` -> `[M, N]` in x's dtype, in one kernel (`config`: pin one config)."""
     a = nvfp4_args(w, x.device)
     out, bias_arg = _prepare(x, a.n, a.k, bias)
     if out.numel() == 0:
         return out
     m = x.shape[0]
     with on_device(out):
-        _nvfp4_fused_kernel[_grid(m, a.n)](
+        launcher(_nvfp4_fused_kernel, _grid(m, a.n), config)(
             x,
             a.packed,
             a.scale,
@@ -265,7 +273,7 @@ def nvfp4_linear(x: torch.Tensor, w: NVFP4Weight, bias: torch.Tensor | None = No
     return out
 
 
-def fp8_linear(x: torch.Tensor, w: FP8Weight, bias: torch.Tensor | None = None) -> torch.Tensor:
+def fp8_linear(x: torch.Tensor, w: FP8Weight, bias: torch.Tensor | None = None, config=None) -> torch.Tensor:
     """`x [M, K] @ (fp8 values * scale).T + bias` -> `[M, N]` in x's dtype, in one kernel."""
     a = fp8_args(w, x.device)
     out, bias_arg = _prepare(x, a.n, a.k, bias)
@@ -273,7 +281,7 @@ def fp8_linear(x: torch.Tensor, w: FP8Weight, bias: torch.Tensor | None = None) 
         return out
     m = x.shape[0]
     with on_device(out):
-        _fp8_fused_kernel[_grid(m, a.n)](
+        launcher(_fp8_fused_kernel, _grid(m, a.n), config)(
             x,
             a.data,
             a.scale if a.scale is not None else out,  # unused pointer when SCALE_MODE is none
@@ -300,5 +308,5 @@ def fp8_linear(x: torch.Tensor, w: FP8Weight, bias: torch.Tensor | None = None) 
 LINEARS = {NVFP4Weight: nvfp4_linear, FP8Weight: fp8_linear}
 
 
-def linear(x: torch.Tensor, weight, bias: torch.Tensor | None = None) -> torch.Tensor:
-    return LINEARS[type(weight)](x, weight, bias)
+def linear(x: torch.Tensor, weight, bias: torch.Tensor | None = None, config=None) -> torch.Tensor:
+    return LINEARS[type(weight)](x, weight, bias, config)

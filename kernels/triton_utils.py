@@ -4,6 +4,7 @@ Pure torch (no Triton import), so the argument preparation can be unit-tested wi
 """
 
 import contextlib
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -95,6 +96,14 @@ def fp8_args(w: FP8Weight, device: torch.device) -> FP8Args:
 def on_device(t: torch.Tensor):
     """Context that makes `t`'s GPU the current one for a Triton launch (no-op on CPU / the interpreter)."""
     return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
+
+
+def launcher(kernel, grid, config=None):
+    """`kernel[grid]` (autotuned), or with `config` its JIT function pinned to that one config: one compile,
+    no benchmarking (the first-use self-check runs this way, see kernels/selfcheck.py)."""
+    if config is None:
+        return kernel[grid]
+    return functools.partial(kernel.fn[grid], **config.all_kwargs())
 
 
 def pick_configs(gpu_configs: list, interpreter_config) -> list:

@@ -3,6 +3,7 @@
 import folder_paths
 from comfy_api.latest import io, ui
 
+from ..bench import gpu_report
 from ..checkpoint import CheckpointError, inspect_checkpoint
 from ..checkpoint.conventions.reference_match import compare_with_reference
 from ..checkpoint.text import printable
@@ -22,6 +23,9 @@ SEARCH_ALIASES = (
     "why is my output noise",
 )
 
+# choice -> run the benchmark? (None: no GPU report)
+GPU_REPORTS = {"off": None, "environment + self-check": False, "full (~30 s benchmark)": True}
+
 
 def doctor_report(path: str, reference_path: str | None = None) -> str:
     """The inspector's text report; with a reference, also which convention the weights really follow."""
@@ -35,6 +39,14 @@ def doctor_report(path: str, reference_path: str | None = None) -> str:
         except CheckpointError as e:
             text += f"\n\nReference check failed: {e}"
     return printable(text, keep_newlines=True)
+
+
+def gpu_report_text(choice: str) -> str:
+    """`wan-nvfp4 gpu` as Markdown (the same report), or '' when off."""
+    run_benchmark = GPU_REPORTS[choice]
+    if run_benchmark is None:
+        return ""
+    return gpu_report.to_markdown(gpu_report.build_report("cuda", run_benchmark=run_benchmark))
 
 
 class WanNVFP4Doctor(io.ComfyNode):
@@ -59,6 +71,14 @@ class WanNVFP4Doctor(io.ComfyNode):
                     "optional: the same model in bf16/fp16/fp8; compares a few layers to decide the NVFP4 "
                     "conventions the file does not state"
                 ),
+                io.Combo.Input(
+                    "gpu_report",
+                    options=list(GPU_REPORTS),
+                    default="off",
+                    optional=True,
+                    tooltip="also report this GPU (versions, kernel self-check, optional ~30 s benchmark): "
+                    "the same as `wan-nvfp4 gpu`, to paste into an issue",
+                ),
             ],
             outputs=[
                 io.String.Output(
@@ -71,7 +91,9 @@ class WanNVFP4Doctor(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, unet_name, reference_name="none") -> io.NodeOutput:
+    def execute(cls, unet_name, reference_name="none", gpu_report="off") -> io.NodeOutput:
         path = folder_paths.get_full_path_or_raise(FOLDER, unet_name)
         text = doctor_report(path, reference_path(reference_name))
+        gpu_text = gpu_report_text(gpu_report)
+        text = f"{text}\n\n{gpu_text}" if gpu_text else text
         return io.NodeOutput(text, ui=ui.PreviewText(text))

@@ -285,7 +285,8 @@ def kernel_path_lines(log_text: str, filename: str) -> list[dict[str, dict[str, 
             continue
         parsed: dict[str, dict[str, int]] = {}
         fmt = None
-        for m in _PATH_ENTRY.finditer(line.split(marker, 1)[1]):
+        paths_part = line.split(marker, 1)[1].split("; self-check:", 1)[0]  # the self-check summary follows
+        for m in _PATH_ENTRY.finditer(paths_part):
             fmt = m["fmt"] or fmt
             parsed.setdefault(fmt, {})[m["paths"]] = int(m["n"])
         lines.append(parsed)

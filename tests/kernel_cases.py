@@ -178,13 +178,16 @@ def relative_error(out: torch.Tensor, exact: torch.Tensor) -> float:
 
 # ---- interpreter worker -------------------------------------------------------------------------------
 
-# name -> (module under wan_nvfp4.kernels, attribute); resolved in the worker, after TRITON_INTERPRET is set.
+# name -> (module under wan_nvfp4.kernels, or a full module name; attribute): resolved in the worker, after
+# TRITON_INTERPRET is set.
 WORKER_CALLS = {
     "dequantize": ("triton_dequant", "dequantize"),
     "fused_linear": ("triton_fused", "linear"),
     "ops_linear": ("ops", "linear"),
     "ops_dequantize": ("ops", "dequantize"),
     "ops_resolve_path": ("ops", "resolve_path"),
+    "selfcheck_scenario": ("wan_nvfp4.tests.selfcheck_cases", "run_scenario"),
+    "selfcheck_check_all": ("wan_nvfp4.tests.selfcheck_cases", "check_all_scenario"),
 }
 
 
@@ -215,7 +218,8 @@ def _pinned_gpu_config(module, index: int | None):
 
 def _call(name: str, args: tuple, kwargs: dict):
     module_name, attr = WORKER_CALLS[name]
-    module = importlib.import_module(f"wan_nvfp4.kernels.{module_name}")
+    full_name = module_name if "." in module_name else f"wan_nvfp4.kernels.{module_name}"
+    module = importlib.import_module(full_name)
     with _pinned_gpu_config(module, kwargs.pop("gpu_config", None)):
         return getattr(module, attr)(*args, **kwargs)
 

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from wan_nvfp4.checkpoint.tiny.fixtures import FIXTURES
 
@@ -70,6 +71,19 @@ def test_doctor_node_shows_the_report(server):
     assert entry["status"]["status_str"] == "success", entry["status"]
     text = entry["outputs"]["1"]["text"][0]
     assert BAD in text and BAD_LAYER in text and "Reference check" in text
+    assert "GPU report" not in text  # off by default
+
+
+def test_doctor_node_adds_the_gpu_report(server):
+    inputs = {"unet_name": GOOD, "gpu_report": "environment + self-check"}
+    entry = run_graph(server["base"], {"1": {"class_type": "WanNVFP4Doctor", "inputs": inputs}})
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    text = entry["outputs"]["1"]["text"][0]
+    assert GOOD in text and "## WAN NVFP4 GPU report" in text and "| comfyui | " in text
+    if not torch.cuda.is_available():
+        assert "No NVIDIA GPU (CUDA) is available" in text
+    else:
+        assert "### Kernel self-check" in text
 
 
 def test_pack_nodes_in_object_info(server):

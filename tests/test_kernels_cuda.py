@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from wan_nvfp4 import kernels as K
-from wan_nvfp4.kernels import capabilities, ops
+from wan_nvfp4.kernels import capabilities, ops, selfcheck
 from wan_nvfp4.kernels.dispatch import FUSED_MAX_M, NVFP4
 from wan_nvfp4.kernels.options import KernelOptions
 from wan_nvfp4.tests import kernel_cases as C
@@ -162,3 +162,29 @@ def test_compile_fullgraph_with_triton_paths():
     torch._dynamo.reset()
     out = torch.compile(f, fullgraph=True)(x)
     torch.testing.assert_close(out, f(x), rtol=1e-2, atol=1e-2)
+
+
+# ---- first-use self-check (kernels/selfcheck.py) -------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=_id)
+def test_selfcheck_passes_every_variant_on_this_gpu(dtype):
+    rows = selfcheck.check_all(DEV, dtype)
+    ran = [r for r in rows if r["status"] != "n/a"]
+    assert ran and all(r["status"] == "passed" for r in ran), [r for r in ran if r["status"] != "passed"]
+    print(f"self-check {dtype}: {len(ran)} checks in {sum(r['seconds'] for r in ran):.2f} s")
+
+
+def test_selfcheck_first_use_under_compile_then_constant():
+    """Fresh state: the first call is traced; the check runs eagerly, the graph keeps the chosen path."""
+    selfcheck.reset()
+    w = C.make_nvfp4(1024, 512, "high_first", "swizzled", seed=8).to(DEV)
+    x = C.make_x(16, 512, torch.bfloat16).to(DEV)
+    torch._dynamo.reset()
+    out = torch.compile(lambda x: ops.linear(x, w), fullgraph=True)(x)
+    fused_ok = torch.cuda.get_device_capability() >= (8, 0)
+    checked = [(r.path, r.passed) for r in selfcheck.results()]
+    assert checked[0] == ("triton-fused" if fused_ok else "triton-dequant", True), checked
+    print(f"first-use checks for one variant: {sum(r.seconds for r in selfcheck.results()):.2f} s")
+    C.assert_linear_close(out.cpu(), x.cpu(), w.to("cpu"), None)
+    assert ops.resolve_path(x, w) == checked[0][0] and len(selfcheck.results()) == len(checked)

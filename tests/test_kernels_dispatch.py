@@ -6,7 +6,7 @@ import logging
 import pytest
 import torch
 
-from wan_nvfp4.kernels import capabilities, dispatch
+from wan_nvfp4.kernels import capabilities, dispatch, selfcheck
 from wan_nvfp4.kernels.capabilities import DeviceCaps
 from wan_nvfp4.kernels.dispatch import (
     DEQUANTIZE,
@@ -167,6 +167,14 @@ def test_kernel_options_validate_and_are_per_instance():
         a.path = "reference"
 
 
+@pytest.fixture
+def no_self_checks(monkeypatch):
+    """PathLog lines without the `; self-check: ...` part, even when a GPU test ran checks in this process."""
+    monkeypatch.setattr(selfcheck, "summary", lambda: "")
+    monkeypatch.setattr(selfcheck, "generation", lambda: 0)
+
+
+@pytest.mark.usefixtures("no_self_checks")
 def test_path_log_summarises_once_per_model(caplog):
     logger = logging.getLogger("test.pathlog")
     log = PathLog("wan-high", expected_layers=3, logger=logger)
@@ -190,6 +198,7 @@ def test_path_log_summarises_once_per_model(caplog):
     )
 
 
+@pytest.mark.usefixtures("no_self_checks")
 def test_path_log_flush_reports_partial_runs_once():
     log = PathLog("m", expected_layers=10)
     log.flush()
@@ -200,6 +209,7 @@ def test_path_log_flush_reports_partial_runs_once():
     assert log.lines == ["m: nvfp4: 1 layer (torch)"]
 
 
+@pytest.mark.usefixtures("no_self_checks")
 def test_two_path_logs_do_not_share_state():
     a, b = PathLog("a", 1), PathLog("b", 1)
     a.record("x", NVFP4, "torch")
