@@ -95,6 +95,17 @@ def dequantize_nvfp4(
 _TO_HIGH_FIRST = {HIGH_FIRST: lambda packed: packed.clone(), LOW_FIRST: swap_nibbles}
 
 
+def is_native_nvfp4(weight: NVFP4Weight, pad_rows_to: int = NATIVE_ROW_MULTIPLE) -> bool:
+    """True when the stored tensors already are ComfyUI-native (what `native_nvfp4` would return)."""
+    n, k = weight.shape
+    return (
+        (weight.nibble_order, weight.scale_layout) == (HIGH_FIRST, SWIZZLED)
+        and tuple(weight.packed.shape) == (round_up(n, pad_rows_to), k // 2)
+        and tuple(weight.block_scale.shape) == weight.expected_scale_shape()
+        and weight.global_scale.dtype == torch.float32
+    )
+
+
 def native_nvfp4(weight: NVFP4Weight, pad_rows_to: int = NATIVE_ROW_MULTIPLE) -> NVFP4Weight:
     """The same NVFP4 weight in ComfyUI-native conventions: high_first nibbles (a byte-wise swap for
     low_first), block scales in the swizzled 128x4 layout, packed rows zero padded to `pad_rows_to`.

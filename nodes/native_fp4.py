@@ -18,6 +18,7 @@ from comfy.quant_ops import QUANT_ALGOS, QuantizedTensor, get_layout_class
 from ..kernels import NVFP4Weight, native_nvfp4
 from ..kernels.capabilities import device_caps
 from ..kernels.native_fp4 import NATIVE_DEQUANT, NATIVE_GEMM, FP4GemmFacts, torch_cuda_version
+from ..kernels.nvfp4 import is_native_nvfp4
 
 NVFP4_FORMAT = "nvfp4"
 NATIVE_LAYOUT = QUANT_ALGOS[NVFP4_FORMAT]["comfy_tensor_layout"]  # "TensorCoreNVFP4Layout"
@@ -51,8 +52,9 @@ def probe(device: torch.device | str | None = None) -> FP4GemmFacts:
 
 def native_weight(weight: NVFP4Weight, orig_dtype: torch.dtype) -> QuantizedTensor:
     """`weight` (any convention) as ComfyUI's own NVFP4 QuantizedTensor: converted once, on its device, with
-    `kernels.native_nvfp4` (the rewrite `repair` writes; lossless). Only this layer's tensors are copied."""
-    native = native_nvfp4(weight)
+    `kernels.native_nvfp4` (the rewrite `repair` writes; lossless), only this layer's tensors at a time. A
+    layer already stored natively keeps its tensors as read (no copy)."""
+    native = weight if is_native_nvfp4(weight) else native_nvfp4(weight)
     params = get_layout_class(NATIVE_LAYOUT).Params(
         scale=native.global_scale,
         orig_dtype=orig_dtype,

@@ -223,3 +223,16 @@ def test_conversion_is_bit_exact_against_repair(name, tmp_path):
         )
         checked += 1
     assert checked > 0
+
+
+def test_already_native_weights_are_recognised():
+    """The loader keeps an already ComfyUI-native layer's tensors as read (no copy); the rest converts."""
+    from wan_nvfp4.kernels.nvfp4 import is_native_nvfp4
+
+    w = torch.randn(64, 64, generator=torch.Generator().manual_seed(5))
+    assert is_native_nvfp4(quantize_nvfp4(w))  # high_first, swizzled, 64 rows
+    assert is_native_nvfp4(native_nvfp4(quantize_nvfp4(w, nibble_order=LOW_FIRST, scale_layout=LINEAR)))
+    assert not is_native_nvfp4(quantize_nvfp4(w, nibble_order=LOW_FIRST))
+    assert not is_native_nvfp4(quantize_nvfp4(w, scale_layout=LINEAR))
+    assert not is_native_nvfp4(quantize_nvfp4(torch.randn(40, 64)))  # rows not padded to 16
+    assert is_native_nvfp4(native_nvfp4(quantize_nvfp4(torch.randn(40, 64))))
