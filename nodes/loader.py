@@ -125,17 +125,15 @@ def _plan(path: Path, info, options: LoaderOptions) -> LoadPlan:
     # a file without NVFP4 layers runs our kernels (`auto` among them unless a per-call path is forced)
     choice = options.kernel_path if has_nvfp4 or options.kernel_path in PATHS else W4A16
     decision = decide_nvfp4(choice, native_fp4.probe())
-    log_name = path.name
-    if has_nvfp4:
+    if has_nvfp4:  # why; the path summary (`kernel paths <file>: ...`) then says which ran per layer
         LOG.info("WAN NVFP4: %s: NVFP4 layers: %s", path.name, decision.reason)
-        log_name = f"{path.name} [{decision.reason}]"
     return LoadPlan(
         path=str(path),
         layers=info.layers,
         kernel_options=KernelOptions(path=decision.kernel_path),
         dequant_path=options.kernel_path if options.kernel_path in DEQUANTIZE_PATHS else AUTO,
         lora_mode=options.lora_mode,
-        path_log=PathLog(log_name, len(info.layers)),
+        path_log=PathLog(path.name, len(info.layers)),
         nvfp4=decision,
     )
 
