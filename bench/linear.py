@@ -6,8 +6,10 @@
     python -m wan_nvfp4.bench.linear --device cpu --quick   # smoke test on CPU (tiny shapes, no Triton)
 
 Per shape it prints: a table of times (ms) and ratios (path / bf16 F.linear; < 1 is faster) for our
-Triton dequant + cuBLAS, our fused kernel, our torch path and comfy-kitchen's dequantize + F.linear (what
-ComfyUI runs for NVFP4 on GPUs without native NVFP4, and for FP8 below sm_89), plus the path `auto` picks;
+Triton dequant + cuBLAS, our fused kernel, our torch path, comfy-kitchen's dequantize + F.linear (what
+ComfyUI runs for NVFP4 on GPUs without native NVFP4, and for FP8 below sm_89) and, for NVFP4, ComfyUI's
+native FP4 GEMM (W4A4, on Blackwell with torch built for CUDA >= 13; n/a elsewhere, saying why), plus the
+path `auto` picks;
 the relative error of each path against the exact reference (float64); the peak extra memory at the
 largest M; the NVFP4 dequant's bandwidth against a
 device-to-device copy of the same bytes; and, with --fp8, the FP8 paths including the opt-in
@@ -24,6 +26,7 @@ import torch.nn.functional as F
 
 from ..kernels import NVFP4Weight, dequantize, dispatch, ops, quantize_fp8, quantize_nvfp4
 from ..kernels.options import KernelOptions
+from . import native_fp4
 from .timing import environment, peak_extra_mb, render_table, time_ms
 
 
@@ -131,16 +134,28 @@ FP8_BASELINE_NOTE = (
 
 
 def _columns(weight, ck_backend, paths) -> list[tuple[str, str | None]]:
-    """(column label, our path name, or None for the comfy-kitchen baseline)."""
+    """(column label, our path name, native_fp4.COLUMN, or None for the comfy-kitchen baseline)."""
     cols = [(COLUMN_NAMES[p], p) for p in paths]
     if ck_backend is not None and (isinstance(weight, NVFP4Weight) or weight.granularity == "tensor"):
         cols.append((f"comfy-kitchen ({ck_backend})", None))
+    if ck_backend is not None and isinstance(weight, NVFP4Weight):
+        cols.append((native_fp4.LABEL, native_fp4.COLUMN))
     return cols
 
 
-def _runner(path: str | None, x, weight, bias, ck_backend):
+def _problem(path: str | None, x, weight) -> str | None:
+    if path is None:
+        return None
+    if path == native_fp4.COLUMN:
+        return native_fp4.unavailable(x.device)
+    return ops.path_problem(x, weight, path)
+
+
+def _runner(path: str | None, x, weight, bias, ck_backend, native_weight=None):
     if path is None:
         return partial(comfy_kitchen_linear, x, weight, bias, ck_backend)
+    if path == native_fp4.COLUMN:
+        return partial(native_fp4.linear, x, native_weight, bias)
     return partial(ops.linear, x, weight, bias, path)
 
 
@@ -172,18 +187,20 @@ def bench_shape(shape: Shape, weight, w_bf16, ms, device, args, ck_backend, path
         "auto (/ fp8_fast)" if fmt == "fp8" else "auto",
     ]
     rows, errors, memory, unavailable = [], {}, {}, {}
+    native = any(p == native_fp4.COLUMN for _, p in cols) and native_fp4.unavailable(device) is None
+    native_weight = native_fp4.prepare(weight) if native else None  # converted once, like the loader
     for m in ms:
         x = torch.randn(m, shape.k, device=device, dtype=torch.bfloat16)
         baseline = partial(F.linear, x, w_bf16, bias)
         base = time_ms(baseline, device, args.quick)
         cells, runners = [str(m), f"{base:.3f}"], {"bf16 F.linear": baseline}
         for label, path in cols:
-            problem = ops.path_problem(x, weight, path) if path else None
+            problem = _problem(path, x, weight)
             if problem:
                 cells.append("n/a")
                 unavailable[label] = problem
                 continue
-            runners[label] = _runner(path, x, weight, bias, ck_backend)
+            runners[label] = _runner(path, x, weight, bias, ck_backend, native_weight)
             t = time_ms(runners[label], device, args.quick)
             cells.append(f"{t:.3f} ({t / base:.2f}x)")
         rows.append([*cells, _auto_cell(x, weight, fmt)])
@@ -289,12 +306,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        print("No CUDA device: nothing to benchmark. For a smoke test on CPU run:")
+        print(
+            f"No CUDA device: nothing to benchmark. Blackwell was not available: {native_fp4.NO_MEASUREMENT}."
+        )
+        print("For a smoke test on CPU run:")
         print("    python -m wan_nvfp4.bench.linear --device cpu --quick")
         return 0
     torch.manual_seed(0)
     ck_backend = None if args.no_comfy_kitchen else comfy_kitchen_backend()
     print("\n".join(f"{k}: {v}" for k, v in environment(device).items()))
+    print(native_fp4.status_line(device))
     if device.type != "cuda":
         print("CPU run: timings say nothing about GPUs. Triton paths are n/a (they need an NVIDIA GPU),")
         print("or run interpreted with TRITON_INTERPRET=1 (exercises the code; those timings mean nothing).")

@@ -10,6 +10,7 @@ from .fp8 import dequantize_fp8, quantize_fp8
 from .nvfp4 import (
     E4M3_MAX,
     dequantize_nvfp4,
+    native_nvfp4,
     nvfp4_block_scales,
     nvfp4_codes,
     nvfp4_global_scale,
@@ -47,6 +48,7 @@ __all__ = [
     "e2m1_encode",
     "from_blocked",
     "linear_reference",
+    "native_nvfp4",
     "nvfp4_block_scales",
     "nvfp4_codes",
     "nvfp4_global_scale",

@@ -8,12 +8,13 @@
 import torch
 
 from .e2m1 import FP4_MAX, e2m1_decode, e2m1_encode
-from .packing import HIGH_FIRST, pack_nibbles, unpack_nibbles
-from .swizzle import LINEAR, SWIZZLED, check_scale_layout, from_blocked, to_blocked
+from .packing import HIGH_FIRST, LOW_FIRST, pack_nibbles, swap_nibbles, unpack_nibbles
+from .swizzle import LINEAR, SWIZZLED, check_scale_layout, from_blocked, round_up, to_blocked
 from .weights import NVFP4_BLOCK, NVFP4Weight, WeightFormatError
 
 E4M3_MAX = 448.0
 GLOBAL_SCALE_DIVISOR = FP4_MAX * E4M3_MAX  # 2688: amax / 2688 is the default weight_scale_2
+NATIVE_ROW_MULTIPLE = 16  # ComfyUI-native packed weights have rows padded to a multiple of 16
 
 
 def nvfp4_global_scale(weight: torch.Tensor) -> torch.Tensor:
@@ -88,3 +89,42 @@ def dequantize_nvfp4(
     gs = weight.global_scale.float().reshape(())
     out = values * (gs * block) if scale_first else (values * block) * gs
     return out.reshape(n, k).to(dtype)
+
+
+# nibble order -> how packed bytes become high_first (byte-wise, lossless)
+_TO_HIGH_FIRST = {HIGH_FIRST: lambda packed: packed.clone(), LOW_FIRST: swap_nibbles}
+
+
+def is_native_nvfp4(weight: NVFP4Weight, pad_rows_to: int = NATIVE_ROW_MULTIPLE) -> bool:
+    """True when the stored tensors already are ComfyUI-native (what `native_nvfp4` would return)."""
+    n, k = weight.shape
+    return (
+        (weight.nibble_order, weight.scale_layout) == (HIGH_FIRST, SWIZZLED)
+        and tuple(weight.packed.shape) == (round_up(n, pad_rows_to), k // 2)
+        and tuple(weight.block_scale.shape) == weight.expected_scale_shape()
+        and weight.global_scale.dtype == torch.float32
+    )
+
+
+def native_nvfp4(weight: NVFP4Weight, pad_rows_to: int = NATIVE_ROW_MULTIPLE) -> NVFP4Weight:
+    """The same NVFP4 weight in ComfyUI-native conventions: high_first nibbles (a byte-wise swap for
+    low_first), block scales in the swizzled 128x4 layout, packed rows zero padded to `pad_rows_to`.
+
+    Lossless (codes, logical block scales and the global scale are unchanged) and computed on the weight's
+    own device; the result never shares memory with the input. `repair` rewrites files with it and the
+    loader converts layers with it when ComfyUI's FP4 GEMM runs them.
+    """
+    n, k = weight.shape
+    packed = _TO_HIGH_FIRST[weight.nibble_order](weight.packed[:n, : k // 2])
+    rows = round_up(n, pad_rows_to)
+    if rows != n:
+        packed = torch.cat([packed, packed.new_zeros(rows - n, k // 2)])
+    return NVFP4Weight(
+        packed=packed.contiguous(),
+        block_scale=to_blocked(nvfp4_block_scales(weight)),
+        global_scale=weight.global_scale.float().reshape(()).clone(),
+        out_features=n,
+        in_features=k,
+        nibble_order=HIGH_FIRST,
+        scale_layout=SWIZZLED,
+    ).validate()

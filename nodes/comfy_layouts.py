@@ -36,6 +36,7 @@ from ..kernels import (
 )
 from ..kernels import ops as kernel_ops
 from ..kernels.dispatch import AUTO
+from .native_fp4 import NVFP4_FORMAT, is_native
 
 NVFP4_LAYOUT = "WanNVFP4Layout"
 FP8_LAYOUT = "WanFP8Layout"
@@ -236,10 +237,13 @@ def kernel_weight(qt: QuantizedTensor):
 
 def saved_markers(qt: QuantizedTensor) -> dict[str, dict]:
     """Per-layer marker tensors (suffix -> JSON) that `state_dict()` adds, so a model ComfyUI saves reads back
-    right: `comfy_quant` where vanilla ComfyUI reads the stored tensors correctly (as its own ops write it),
-    per-row FP8 as `float8_*_rowwise` (ComfyUI refuses it instead of dropping the scale), and NVFP4 in another
-    convention gets this pack's `wan_nvfp4_conventions` (vanilla ComfyUI refuses it: size mismatch)."""
+    right: `comfy_quant` for layers converted to ComfyUI's native NVFP4 at load and where vanilla ComfyUI
+    reads the stored tensors correctly (as its own ops write it), per-row FP8 as `float8_*_rowwise` (ComfyUI
+    refuses it instead of dropping the scale), and NVFP4 in another convention gets this pack's
+    `wan_nvfp4_conventions` (vanilla ComfyUI refuses it: size mismatch)."""
     p = qt._params
+    if is_native(qt):
+        return {"comfy_quant": {"format": NVFP4_FORMAT}}  # what ComfyUI's own ops save for the layer
     if qt._layout_cls == FP8_LAYOUT:
         if not p.has_scale:
             return {}  # plain fp8: ComfyUI upcasts it natively
@@ -259,6 +263,12 @@ def saved_markers(qt: QuantizedTensor) -> dict[str, dict]:
 def is_ours(weight) -> bool:
     """True for a weight held in one of this pack's layouts (derived from the weight, never from a flag)."""
     return isinstance(weight, QuantizedTensor) and weight._layout_cls in LAYOUTS
+
+
+def is_quantized(weight) -> bool:
+    """True for a weight the pack's Linear holds quantized: one of our layouts, or ComfyUI's own NVFP4 layout
+    for a layer converted at load (`native_fp4`)."""
+    return is_ours(weight) or is_native(weight)
 
 
 def with_orig_dtype(qt: QuantizedTensor, dtype: torch.dtype) -> QuantizedTensor:

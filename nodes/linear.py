@@ -17,19 +17,23 @@ import torch.nn.functional as F
 from comfy.ops import cast_bias_weight, run_every_op, uncast_bias_weight
 
 from ..checkpoint.errors import CheckpointError
-from ..checkpoint.layers import LayerSpec, build_weight, json_marker
+from ..checkpoint.layers import NVFP4, LayerSpec, build_weight, json_marker
+from ..checkpoint.writing.repair import comfy_input_scale
 from ..kernels import ops as kernel_ops
 from ..kernels.dispatch import weight_format
+from ..kernels.native_fp4 import COMFYUI, NVFP4Decision, layer_runner
 from ..kernels.options import KernelOptions, PathLog
 from .comfy_compat import LINEAR_CLASS_FLAGS
 from .comfy_layouts import (
     is_ours,
+    is_quantized,
     kernel_weight,
     quantized_weight,
     saved_markers,
     with_orig_dtype,
 )
 from .lora import EXACT, ExactLoraPatch, drop_superseded, lazy_merged_weight
+from .native_fp4 import is_native, native_linear, native_weight
 
 LORA_PATH = "dequant+lora"  # what the path log records for a forward with LoRA patches
 
@@ -44,6 +48,7 @@ class LoadPlan:
     dequant_path: str
     lora_mode: str
     path_log: PathLog
+    nvfp4: NVFP4Decision  # who runs the NVFP4 layers (ComfyUI's FP4 GEMM on converted weights, or ours)
 
 
 def _layer_tensors(plan: LoadPlan, spec: LayerSpec, state_dict: dict, prefix: str) -> dict[str, torch.Tensor]:
@@ -91,10 +96,13 @@ class WanQuantLinear(comfy.ops.manual_cast.Linear):
         if spec is not None and spec.is_quantized:
             found = _layer_tensors(plan, spec, state_dict, prefix)
             weight = build_weight(spec, found.__getitem__, path=plan.path)
-            self.weight = torch.nn.Parameter(
-                quantized_weight(weight, self.model_dtype or torch.float32, plan.dequant_path),
-                requires_grad=False,
-            )
+            orig_dtype = self.model_dtype or torch.float32
+            if layer_runner(plan.nvfp4, spec.format) == COMFYUI:
+                qt = native_weight(weight, orig_dtype)  # this layer only: no doubled peak memory
+                input_scale = comfy_input_scale(spec, found.__getitem__)
+            else:
+                qt, input_scale = quantized_weight(weight, orig_dtype, plan.dequant_path), None
+            self.weight = torch.nn.Parameter(qt, requires_grad=False)
         elif weight_key in state_dict:
             w = state_dict.pop(weight_key)
             self.weight = torch.nn.Parameter(w.to(dtype=self.model_dtype or w.dtype), requires_grad=False)
@@ -103,6 +111,9 @@ class WanQuantLinear(comfy.ops.manual_cast.Linear):
         )
         if self.weight is not None and weight_key in missing_keys:
             missing_keys.remove(weight_key)
+        if spec is not None and spec.is_quantized and input_scale is not None:
+            # ComfyUI's static activation scale for the FP4 GEMM (registered like MixedPrecisionOps does)
+            self.input_scale = torch.nn.Parameter(input_scale.to(qt.device), requires_grad=False)
 
     def state_dict(self, *args, destination=None, prefix="", keep_vars=False, **kwargs):
         """The file's tensor names (`weight`, `weight_scale`, ...) and real sizes for ComfyUI's accounting,
@@ -110,10 +121,12 @@ class WanQuantLinear(comfy.ops.manual_cast.Linear):
         sd = destination if destination is not None else {}
         if self.bias is not None:
             sd[prefix + "bias"] = self.bias
-        if is_ours(self.weight):
+        if is_quantized(self.weight):
             weight_key = prefix + "weight"
             sd.update(lazy_merged_weight(self, weight_key, self.weight.state_dict(weight_key)))
             sd.update({prefix + k: json_marker(conf) for k, conf in saved_markers(self.weight).items()})
+            if getattr(self, "input_scale", None) is not None:
+                sd[prefix + "input_scale"] = self.input_scale
         elif self.weight is not None:
             sd[prefix + "weight"] = self.weight
         return sd
@@ -134,11 +147,11 @@ class WanQuantLinear(comfy.ops.manual_cast.Linear):
 
     # ---- LoRA merge (ModelPatcher.patch_weight_to_device) -------------------------------------------------
     def convert_weight(self, weight, inplace=False, **kwargs):
-        return weight.dequantize() if is_ours(weight) else weight
+        return weight.dequantize() if is_quantized(weight) else weight
 
     def set_weight(self, weight, inplace_update=False, seed=None, return_weight=False, **kwargs):
         current = self.weight
-        if not is_ours(current):
+        if not is_quantized(current):
             merged = comfy.float.stochastic_rounding(weight, current.dtype, seed=seed or 0)
         elif self.wan_nvfp4_lora_mode == EXACT and not return_weight:
             # the stored weight stays as read; `lora.install_exact_patches` applies the patch per forward
@@ -154,13 +167,17 @@ class WanQuantLinear(comfy.ops.manual_cast.Linear):
     # ---- forward -------------------------------------------------------------------------------------------
     def forward(self, x, *args, **kwargs):
         run_every_op()
-        if not is_ours(self.weight):
+        if not is_quantized(self.weight):
             self._record("float", "torch")
             return super().forward(x, *args, **kwargs)
         if any(isinstance(f, ExactLoraPatch) for f in self.weight_function):
             self.weight_function = drop_superseded(self.weight_function)
         lowvram_fn = getattr(self, "weight_lowvram_function", None)
         own_lowvram = lowvram_fn is not None and self.wan_nvfp4_lora_mode == EXACT
+        if is_native(self.weight) and not (own_lowvram or self.weight_function or self.bias_function):
+            y, path = native_linear(self, x, self.plan.nvfp4.quantized_mm)
+            self._record(NVFP4, path)
+            return y
         if own_lowvram:
             # Dynamic VRAM would requantize the patched weight into its resident copy: apply it here instead.
             self.weight_lowvram_function = None
@@ -180,7 +197,7 @@ class WanQuantLinear(comfy.ops.manual_cast.Linear):
                 self.weight_lowvram_function = lowvram_fn
         w = weight
         if own_lowvram:
-            w = with_orig_dtype(w, x.dtype).dequantize() if is_ours(w) else w.to(x.dtype)
+            w = with_orig_dtype(w, x.dtype).dequantize() if is_quantized(w) else w.to(x.dtype)
             w = lowvram_fn(w)
             # ComfyUI clears patches prefetched into its transient cast buffer after use; we hid the function
             # from it during the cast, so clear here (a later resident step must not read a reused buffer).
@@ -188,7 +205,9 @@ class WanQuantLinear(comfy.ops.manual_cast.Linear):
         if is_ours(w):
             y = self._kernel_linear(x, w, bias)
         else:
-            self._record(weight_format(kernel_weight(self.weight)), LORA_PATH)
+            self._record(
+                NVFP4 if is_native(self.weight) else weight_format(kernel_weight(self.weight)), LORA_PATH
+            )
             y = F.linear(x, w.to(x.dtype), bias)
         uncast_bias_weight(self, weight, bias, stream)
         return y

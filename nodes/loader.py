@@ -20,18 +20,22 @@ import torch
 from ..checkpoint import CheckpointError, classify_checkpoint, open_checkpoint
 from ..checkpoint.conventions.reference_match import conventions_with_reference
 from ..checkpoint.conventions.verdicts import LOADS_NATIVELY, comfy_view, comfyui_verdict
+from ..checkpoint.layers import NVFP4
 from ..checkpoint.text import printable
 from ..kernels.dispatch import AUTO, PATHS, REFERENCE, TORCH, TRITON_DEQUANT
+from ..kernels.native_fp4 import NATIVE_FP4, W4A16, decide_nvfp4
 from ..kernels.options import KernelOptions, PathLog
-from . import lora
+from . import lora, native_fp4
 from .linear import LoadPlan, make_operations
 
 LOG = logging.getLogger("wan_nvfp4.nodes")
 
 AUTO_CHOICE = "auto"
 COMPUTE_DTYPES = {AUTO_CHOICE: None, "bf16": torch.bfloat16, "fp16": torch.float16}
-COMFYUI_NATIVE = "comfyui-native"  # ComfyUI's own MixedPrecisionOps (cuBLAS NVFP4 on Blackwell + cu130)
-KERNEL_PATHS = (AUTO, *PATHS, COMFYUI_NATIVE)
+COMFYUI_NATIVE = "comfyui-native"  # the whole file to ComfyUI's own loader (files it reads correctly)
+# auto: ComfyUI's FP4 GEMM for NVFP4 layers where usable (any convention, converted at load), else ours;
+# native-fp4: that even where the GEMM is not usable; w4a16: our exact kernels only; a path: forced per call
+KERNEL_PATHS = (AUTO, NATIVE_FP4, W4A16, *PATHS, COMFYUI_NATIVE)
 NIBBLE_ORDER_CHOICES = (AUTO_CHOICE, "low_first", "high_first")
 SCALE_LAYOUT_CHOICES = (AUTO_CHOICE, "linear", "swizzled")
 LEGACY_FP8_MARKER = "scaled_fp8"
@@ -118,14 +122,20 @@ def _honour_compute_dtype(patcher, options: LoaderOptions):
 
 
 def _plan(path: Path, info, options: LoaderOptions) -> LoadPlan:
-    kernel = KernelOptions(path=options.kernel_path)
+    has_nvfp4 = any(spec.format == NVFP4 for spec in info.layers.values())
+    # a file without NVFP4 layers runs our kernels (`auto` among them unless a per-call path is forced)
+    choice = options.kernel_path if has_nvfp4 or options.kernel_path in PATHS else W4A16
+    decision = decide_nvfp4(choice, native_fp4.probe())
+    if has_nvfp4:  # why; the path summary (`kernel paths <file>: ...`) then says which ran per layer
+        LOG.info("WAN NVFP4: %s: NVFP4 layers: %s", printable(path.name), decision.reason)
     return LoadPlan(
         path=str(path),
         layers=info.layers,
-        kernel_options=kernel,
+        kernel_options=KernelOptions(path=decision.kernel_path),
         dequant_path=options.kernel_path if options.kernel_path in DEQUANTIZE_PATHS else AUTO,
         lora_mode=options.lora_mode,
         path_log=PathLog(printable(path.name), len(info.layers)),
+        nvfp4=decision,
     )
 
 

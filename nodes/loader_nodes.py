@@ -49,9 +49,12 @@ ADVANCED_OPTIONS = {
     "kernel_path": (
         KERNEL_PATHS,
         "auto",
-        "auto: Triton on NVIDIA GPUs (fused kernel at small M), torch elsewhere; or force one path "
-        "(an error says why if it cannot run here); comfyui-native: ComfyUI's own ops (native NVFP4 on "
-        "Blackwell with torch cu130), only for files ComfyUI reads correctly",
+        "auto: NVFP4 layers on ComfyUI's FP4 GEMM (W4A4) where it is usable (Blackwell, torch built "
+        "for CUDA 13+, comfy-kitchen's CUDA backend on; any convention, converted at load), else Triton "
+        "on NVIDIA GPUs (fused kernel at small M), torch elsewhere; w4a16: exact weights, activations "
+        "never quantized (this pack's kernels only); native-fp4: ComfyUI's quantized ops even where the "
+        "FP4 GEMM is not usable; or force one path (an error says why if it cannot run here); "
+        "comfyui-native: the whole file to ComfyUI's own loader, only for files ComfyUI reads correctly",
     ),
     "nibble_order": (
         NIBBLE_ORDER_CHOICES,

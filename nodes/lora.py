@@ -21,7 +21,7 @@ import torch
 from comfy.model_patcher import LowVramPatch
 from comfy.patcher_extension import CallbacksMP
 
-from .comfy_layouts import is_ours
+from .comfy_layouts import is_quantized
 
 EXACT = "exact"
 MERGE = "merge"
@@ -109,7 +109,7 @@ def install_exact_patches(
     if patcher.is_dynamic():
         return  # Dynamic VRAM attaches `weight_lowvram_function`; our Linear applies it exactly itself
     for name, module in patcher.model.named_modules():
-        if getattr(module, "wan_nvfp4_lora_mode", None) != EXACT or not is_ours(module.weight):
+        if getattr(module, "wan_nvfp4_lora_mode", None) != EXACT or not is_quantized(module.weight):
             continue
         key = f"{name}.weight"
         if key not in patcher.patches:

@@ -22,16 +22,13 @@ import torch
 
 from ... import __version__
 from ...kernels import (
-    HIGH_FIRST,
-    SWIZZLED,
     NVFP4Weight,
     dequantize,
     nvfp4_block_scales,
     nvfp4_codes,
-    pack_nibbles,
     quantize_fp8,
-    to_blocked,
 )
+from ...kernels.nvfp4 import native_nvfp4 as kernel_native_nvfp4
 from ..errors import CheckpointError
 from ..layers import FP8, FP8_SCALED, NVFP4, LayerSpec, build_weight
 from ..progress import ProgressCallback, no_progress
@@ -39,7 +36,7 @@ from ..reading.json_text import load_json
 from ..reading.stream_read import TensorReader, release_freed_memory
 from ..sqnr import sqnr_db
 from .job_report import JobReport, LayerResult
-from .output_formats import COMFY, QUANT_METADATA_KEY, SUFFIXES, output_metadata, round_up
+from .output_formats import COMFY, QUANT_METADATA_KEY, SUFFIXES, output_metadata
 from .stream_job import finish_report, in_file_order, leftover_tensors, provenance, write_passthrough
 from .writer import PlannedTensor, StreamingSafetensorsWriter
 
@@ -176,20 +173,7 @@ def plan_repair(source, info, options: RepairOptions):
 # --- per-layer rewrites ---------------------------------------------------------------------------------
 def native_nvfp4(weight: NVFP4Weight) -> NVFP4Weight:
     """The same NVFP4 weight in ComfyUI-native conventions (high_first, swizzled, rows padded to 16)."""
-    n, k = weight.shape
-    packed = pack_nibbles(nvfp4_codes(weight), HIGH_FIRST)
-    rows = round_up(n, COMFY.pad_rows_to)
-    if rows != n:
-        packed = torch.cat([packed, packed.new_zeros(rows - n, k // 2)])
-    return NVFP4Weight(
-        packed=packed,
-        block_scale=to_blocked(nvfp4_block_scales(weight)),
-        global_scale=weight.global_scale.float().reshape(()).clone(),
-        out_features=n,
-        in_features=k,
-        nibble_order=HIGH_FIRST,
-        scale_layout=SWIZZLED,
-    ).validate()
+    return kernel_native_nvfp4(weight, COMFY.pad_rows_to)
 
 
 # ComfyUI's `input_scale` (amax_x / 2688) from the role a producer stores, first match wins
@@ -201,7 +185,8 @@ INPUT_SCALE_RULES = (
 )
 
 
-def _input_scale(spec: LayerSpec, reader) -> torch.Tensor | None:
+def comfy_input_scale(spec: LayerSpec, reader) -> torch.Tensor | None:
+    """ComfyUI's `input_scale` (fp32 scalar) from whichever activation-scale role the layer has, or None."""
     for role, value in INPUT_SCALE_RULES:
         if role in spec.tensors:
             return value(reader(spec.tensors[role]).float()).reshape(())
@@ -236,7 +221,7 @@ def _run_nvfp4(job, reader, writer, path, dequant_check: bool) -> tuple[float, s
         check += "; dequantized bit-identical"
     tensors = {"weight": after.packed, "block_scale": after.block_scale, "global_scale": after.global_scale}
     if "input_scale" in job.outputs:
-        tensors["input_scale"] = _input_scale(job.spec, reader)
+        tensors["input_scale"] = comfy_input_scale(job.spec, reader)
     for role, planned in job.outputs.items():
         writer.write(planned.name, tensors[role])
     return math.inf, check
@@ -258,7 +243,7 @@ def _run_fp8_tensor(job, reader, writer, path, dequant_check: bool) -> tuple[flo
     writer.write(job.outputs["weight"].name, data)
     writer.write(job.outputs["scale"].name, scale)
     if "input_scale" in job.outputs:
-        writer.write(job.outputs["input_scale"].name, _input_scale(spec, reader))
+        writer.write(job.outputs["input_scale"].name, comfy_input_scale(spec, reader))
     return math.inf, "bytes and scale values identical" + (
         "; dequantized bit-identical" if dequant_check else ""
     )
