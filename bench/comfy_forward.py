@@ -50,25 +50,27 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def build_file(fmt: str, blocks: int, folder: Path, rebuild: bool) -> Path:
-    """The ComfyUI-native `fmt` file of a 5B-shaped model with `blocks` blocks (written once, then reused)."""
+def build_files(formats, blocks: int, folder: Path, rebuild: bool) -> dict[str, Path]:
+    """The ComfyUI-native file of a 5B-shaped model with `blocks` blocks per format, converted from one
+    seeded bf16 source (written once, removed after); existing files are reused unless `rebuild`."""
     from ..checkpoint.writing.convert import ConvertOptions, convert_checkpoint
 
-    dst = folder / f"wan22_5b_{blocks}blocks_{fmt}.safetensors"
-    if dst.exists() and not rebuild:
-        return dst
+    paths = {fmt: folder / f"wan22_5b_{blocks}blocks_{fmt}.safetensors" for fmt in formats}
+    todo = [fmt for fmt, path in paths.items() if rebuild or not path.exists()]
+    if not todo:
+        return paths
     folder.mkdir(parents=True, exist_ok=True)
     src = folder / f"wan22_5b_{blocks}blocks_bf16.safetensors"
     print(f"writing {src.name} (bf16, seeded) ...", flush=True)
     write_source(src, blocks)
     try:
-        print(f"converting to {dst.name} (pack's convert, layout comfy) ...", flush=True)
-        convert_checkpoint(
-            src, dst, ConvertOptions(target=fmt, layout="comfy", overwrite=True), save_report=False
-        )
+        for fmt in todo:
+            print(f"converting to {paths[fmt].name} (pack's convert, layout comfy) ...", flush=True)
+            options = ConvertOptions(target=fmt, layout="comfy", overwrite=True)
+            convert_checkpoint(src, paths[fmt], options, save_report=False)
     finally:
         src.unlink(missing_ok=True)
-    return dst
+    return paths
 
 
 def import_comfy() -> dict:
@@ -168,7 +170,7 @@ def main(argv=None) -> int:
 
     comfy = import_comfy()
     formats = FORMATS if args.format == "both" else (args.format,)
-    paths = {fmt: build_file(fmt, args.blocks, args.dir, args.rebuild) for fmt in formats}
+    paths = build_files(formats, args.blocks, args.dir, args.rebuild)
     t, h, w = args.latent
     inputs = make_inputs(t, h, w, args.context)
     tokens = t * (h // 2) * (w // 2)
