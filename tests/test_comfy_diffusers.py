@@ -47,7 +47,7 @@ def test_export_loads_like_its_twin_and_repairs_for_vanilla_comfyui(loader, tmp_
     """Loaded from one shard: the stored bytes of the twin, and its output (bf16: vanilla ComfyUI on the twin,
     bit for bit; fp8/nvfp4: within oracle tolerance). Repaired: vanilla ComfyUI loads it with that output."""
     folder = H.models_folder(tmp_path)
-    export = write_diffusers_export(folder, variant, fmt)
+    export = write_diffusers_export(folder / "matrix", variant, fmt)
     listed = set(H.comfy()["folder_paths"].get_filename_list("diffusion_models"))
     inputs = H.forward_inputs(variant)
     sd = H.comfy()["sd"]
@@ -75,7 +75,8 @@ def test_pair_loader_takes_transformer_and_transformer_2(loader, tmp_path):
     folder = H.models_folder(tmp_path)
     from wan_nvfp4.nodes.loader_nodes import WanNVFP4PairLoader
 
-    export = write_diffusers_export(folder, "wan2.2-t2v-a14b", "nvfp4")
+    # folders registered by earlier tests stay listed: a unique subfolder keeps the relative names this test's
+    export = write_diffusers_export(folder / "pair_loader", "wan2.2-t2v-a14b", "nvfp4")
     high = _relative(folder, export.shard("transformer", 0))
     low = _relative(folder, export.shard("transformer_2", 1))
     patchers = WanNVFP4PairLoader.execute(high, low).result
@@ -133,7 +134,9 @@ def test_repair_node_turns_a_picked_shard_into_one_native_file(loader, tmp_path)
     from wan_nvfp4.nodes.repair_node import WanRepairCheckpoint
 
     folder = H.models_folder(tmp_path)
-    export = write_diffusers_export(folder, "wan2.2-t2v-a14b", "nvfp4")
+    export = write_diffusers_export(
+        folder / "repair_node", "wan2.2-t2v-a14b", "nvfp4"
+    )  # unique relative names
     shard = export.shard("transformer_2", 0)
     shards = sorted(export.components["transformer_2"].glob("*.safetensors"))
     before = [hashlib.sha256(p.read_bytes()).hexdigest() for p in shards]
