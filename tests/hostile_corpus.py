@@ -301,7 +301,7 @@ CASES: dict[str, Case] = {
     "torch_zip_disguised": Case(_torch_zip, UNREADABLE, "torch.save zip archive"),
     "empty_file": Case(lambda p: p.write_bytes(b""), UNREADABLE, "too short"),
     "fifo": Case(_fifo, UNREADABLE, "not a regular file"),
-    "directory": Case(_directory, UNREADABLE, "not a regular file"),
+    "directory": Case(_directory, UNREADABLE, "found an empty folder"),  # folders are diffusers exports
     # length field and truncation
     "truncated": Case(_truncated, UNREADABLE, "truncated"),
     "header_length_past_eof": Case(
