@@ -57,7 +57,13 @@ def run(args) -> int:
         if args.json:
             print(
                 json.dumps(
-                    {"file": args.file, "error": str(e), "usable": False, "exit_code": EXIT_UNREADABLE}
+                    {
+                        "file": args.file,
+                        "error": str(e),
+                        "readable": False,
+                        "usable": False,
+                        "exit_code": EXIT_UNREADABLE,
+                    }
                 )
             )
         else:

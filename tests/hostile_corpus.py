@@ -1,8 +1,9 @@
 """A deterministic corpus of malformed and hostile `.safetensors` files, built from the tiny WAN fixtures.
 
 `build_corpus(folder)` writes one file per category (CASES) and returns {name: path}. Each case says what
-`wan-nvfp4 inspect` must answer: exit code 2 when the file cannot be read at all (header, not safetensors,
-not a regular file), 1 when it is read but unusable; and a fragment its message must contain.
+`wan-nvfp4 inspect` must answer: exit code 1 (EXIT_CODE) with a message naming the file, whether the file
+cannot be read at all (UNREADABLE: header, not safetensors, not a regular file) or is read but unusable
+(UNUSABLE); and a fragment its message must contain.
 
 Header cases are written byte by byte (`write_raw`): the JSON text is built by hand so that duplicate keys,
 JSON escapes of lone surrogates, NaN literals or 50,000 levels of nesting reach the reader exactly as a
@@ -25,7 +26,8 @@ from safetensors.torch import save_file
 from wan_nvfp4.checkpoint.reading.safetensors_io import DTYPE_NAMES
 from wan_nvfp4.checkpoint.tiny import fixtures as F
 
-UNREADABLE, UNUSABLE = 2, 1
+UNREADABLE, UNUSABLE = "unreadable", "unusable"  # what the case is; inspect exits EXIT_CODE for both
+EXIT_CODE = 1
 LAYER = "blocks.0.ffn.0"  # nvfp4 in the comfy fixtures; bf16 in the bf16 fixture
 PICKLE_MARKER = "UNPICKLED_MARKER"  # created next to the corpus if the disguised pickle ever runs
 MANY_TENSORS = 100_000

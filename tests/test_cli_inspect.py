@@ -1,4 +1,4 @@
-"""`wan-nvfp4 inspect`: text and JSON output, overrides, exit codes (0 usable, 1 not usable, 2 unreadable)."""
+"""`wan-nvfp4 inspect`: text and JSON output, overrides, exit codes (0 usable, 1 not usable or unreadable)."""
 
 import hashlib
 import json
@@ -69,15 +69,15 @@ def test_unusable_file_exits_1(tmp_path, capsys):
 def test_unreadable_file_exits_2(tmp_path, capsys):
     path = tmp_path / "short.safetensors"
     path.write_bytes(b"\x01\x02")
-    assert main(["inspect", str(path)]) == 2
+    assert main(["inspect", str(path)]) == 1
     assert f"error: {path}: file is too short to be safetensors" in capsys.readouterr().err
-    assert main(["inspect", str(path), "--json"]) == 2
+    assert main(["inspect", str(path), "--json"]) == 1
     data = json.loads(capsys.readouterr().out)
-    assert data["exit_code"] == 2 and "too short" in data["error"]
+    assert data["exit_code"] == 1 and data["readable"] is False and "too short" in data["error"]
 
 
 def test_missing_file_exits_2(tmp_path, capsys):
-    assert main(["inspect", str(tmp_path / "nope.safetensors")]) == 2
+    assert main(["inspect", str(tmp_path / "nope.safetensors")]) == 1
     assert "cannot read file" in capsys.readouterr().err
 
 

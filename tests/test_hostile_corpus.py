@@ -19,7 +19,16 @@ import pytest
 from wan_nvfp4.checkpoint import CheckpointError, classify_checkpoint
 from wan_nvfp4.cli import main
 
-from .hostile_corpus import CASES, MANY_TENSORS, PICKLE_MARKER, UNREADABLE, build_case, build_corpus
+from .hostile_corpus import (
+    CASES,
+    EXIT_CODE,
+    MANY_TENSORS,
+    PICKLE_MARKER,
+    UNREADABLE,
+    UNUSABLE,
+    build_case,
+    build_corpus,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 IN_PROCESS = sorted(n for n in CASES if n != "fifo")  # the FIFO runs in a subprocess with a timeout
@@ -43,7 +52,7 @@ def _digest(path: Path) -> str:
 
 def test_corpus_has_40_categories_and_is_deterministic(corpus, tmp_path):
     assert len(CASES) >= 40
-    assert {c.exit_code for c in CASES.values()} == {1, 2}
+    assert {c.exit_code for c in CASES.values()} == {UNREADABLE, UNUSABLE}
     again = build_corpus(tmp_path / "again")
     same_bytes = [n for n in CASES if n != "pickle_disguised"]  # its payload names its own folder
     assert [_digest(again[n]) for n in same_bytes] == [_digest(corpus[n]) for n in same_bytes]
@@ -52,7 +61,7 @@ def test_corpus_has_40_categories_and_is_deterministic(corpus, tmp_path):
 @pytest.mark.parametrize("name", IN_PROCESS)
 def test_inspect_refuses_with_the_file_named(corpus, name, capsys):
     case, path = CASES[name], corpus[name]
-    assert main(["inspect", str(path)]) == case.exit_code
+    assert main(["inspect", str(path)]) == EXIT_CODE
     out = capsys.readouterr()
     text = out.out + out.err
     assert "Traceback" not in text
@@ -62,9 +71,9 @@ def test_inspect_refuses_with_the_file_named(corpus, name, capsys):
     else:
         assert "NOT usable (exit code 1)" in out.out
 
-    assert main(["inspect", "--json", str(path)]) == case.exit_code
+    assert main(["inspect", "--json", str(path)]) == EXIT_CODE
     report = json.loads(capsys.readouterr().out)
-    assert report["usable"] is False and report["exit_code"] == case.exit_code
+    assert report["usable"] is False and report["exit_code"] == EXIT_CODE
     messages = [report["error"]] if "error" in report else [p["message"] for p in report["problems"]]
     assert any(case.fragment in m and str(path) in m for m in messages), messages
 
@@ -134,10 +143,7 @@ def test_ascii_terminal_fifo_and_directory_in_a_subprocess(corpus, tmp_path):
     stdout, stderr = done.stdout.decode("ascii"), done.stderr.decode("ascii")  # ASCII only, or this raises
     assert done.returncode == 0 and "Traceback" not in stderr, stderr[-3000:]
     codes = json.loads(stdout.rsplit("CODES ", 1)[1])
-    want = [UNREADABLE, CASES["hostile_key_names"].exit_code, UNREADABLE] + [
-        CASES[n].exit_code for n in names
-    ]
-    assert [codes[str(p)] for p in paths] == [[w, w] for w in want]
+    assert [codes[str(p)] for p in paths] == [[EXIT_CODE, EXIT_CODE]] * len(paths)
     assert "not a regular file; expected a regular .safetensors file, found a FIFO" in stderr
     assert "mod\\xe8le_\\xfcn\\xefcode.safetensors" in stdout  # the accented name, escaped
 
@@ -213,7 +219,7 @@ def test_memory_bound_and_many_tiny_tensors_in_a_subprocess(corpus, tmp_path):
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
     result = json.loads(done.stdout.rsplit("RESULT ", 1)[1])
     print(f"\nhostile corpus resources: {result}")
-    assert result["codes"][:2] == [UNREADABLE, UNREADABLE]
+    assert result["codes"][:2] == [EXIT_CODE, EXIT_CODE]
     assert result["codes"][2] in (1, None)  # an nvfp4-looking weight without scales: unusable, never read
     assert result["codes"][3] == 1
     assert result["rss_after_kb"] < 500 * 1024

@@ -25,7 +25,7 @@ from .verdicts import (
 
 EXIT_USABLE = 0
 EXIT_UNUSABLE = 1
-EXIT_UNREADABLE = 2  # the CLI's code for a file that cannot even be opened (CheckpointError)
+EXIT_UNREADABLE = EXIT_UNUSABLE  # a file that cannot even be opened (CheckpointError) is unusable too: exit 1
 MAX_LISTED = 8  # problems / reasons shown per kind in the text report
 
 
