@@ -2,15 +2,13 @@
 
 import datetime
 import platform
-import shutil
 import statistics
-import subprocess
 import time
 from collections.abc import Callable
 
 import torch
 
-from ..kernels import capabilities
+from ..kernels import capabilities, gpu_info
 
 
 def time_ms(fn: Callable[[], object], device: torch.device, quick: bool = False) -> float:
@@ -59,18 +57,6 @@ def peak_extra_mb(fn: Callable[[], object], device: torch.device) -> float | Non
     return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
-def _driver_version() -> str:
-    if shutil.which("nvidia-smi") is None:
-        return "unknown (no nvidia-smi)"
-    result = subprocess.run(
-        ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    return result.stdout.strip().splitlines()[0] if result.returncode == 0 and result.stdout else "unknown"
-
-
 def environment(device: torch.device) -> dict[str, str]:
     """What produced the numbers: GPU, driver, CUDA, torch, Triton, comfy-kitchen, date."""
     env = {
@@ -88,7 +74,7 @@ def environment(device: torch.device) -> dict[str, str]:
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         env["gpu"] = f"{props.name} (sm_{props.major}{props.minor}, {props.total_memory / 2**30:.0f} GiB)"
-        env["driver"] = _driver_version()
+        env["driver"] = gpu_info.driver_version()
         env["cuda (torch build)"] = str(torch.version.cuda)
     else:
         env["device"] = (
