@@ -12,7 +12,9 @@ legacy patcher with `--novram` (every module offloaded; `--reserve-vram` alone w
 ComfyUI first put them, on the GPU when it has more free memory than the host). CPU: `--cpu`, and `--cpu`
 with `TRITON_INTERPRET=1` in the server's environment: the pack's Triton kernels, forced through the
 Advanced loader, run inside ComfyUI on CPU tensors (the same load path, custom ops and kernels as on the GPU;
-only compilation and the GPU memory modes are left to the GPU modes).
+only compilation and the GPU memory modes are left to the GPU modes). On a GPU where `auto` may take ComfyUI's
+native FP4 GEMM (Blackwell, torch CUDA >= 13), the pack graphs force `kernel_path=w4a16`: these tests are for
+this pack's W4A16 kernels (the native path is covered by tests/test_comfy_native_fp4.py).
 
 Oracle: the same graph through vanilla `UNETLoader` on a bf16 file made from the fixture by
 `comfy_harness.oracle_state_dict` (NVFP4 dequantized in fp32 by comfy-kitchen's eager reference with the
@@ -36,7 +38,7 @@ import functools
 import importlib.util
 import math
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
@@ -45,6 +47,7 @@ from safetensors.torch import save_file
 
 from wan_nvfp4.checkpoint.tiny.fixtures import FIXTURES
 from wan_nvfp4.kernels import HIGH_FIRST, LOW_FIRST
+from wan_nvfp4.kernels.native_fp4 import NATIVE_FP4_GEMM, W4A16, FP4GemmFacts, torch_cuda_version
 
 from . import comfy_harness as H
 from .comfy_server import (
@@ -95,14 +98,26 @@ class Mode:
     env: tuple[tuple[str, str], ...] = ()  # added to the server's environment
     forced_tol: float | None = None  # tolerance of the forced-path graphs when not `tol`
     forced_inputs: tuple[tuple[str, str], ...] = ()  # more Advanced-loader inputs of the forced-path graphs
+    pack_inputs: tuple[tuple[str, str], ...] = ()  # set: pack graphs run the Advanced loader with these
 
     @property
     def interpreted(self) -> bool:
         return dict(self.env).get("TRITON_INTERPRET") == "1"
 
 
+def _native_fp4_gemm_possible() -> bool:
+    """Whether `auto` may hand NVFP4 layers to ComfyUI's FP4 GEMM (W4A4) on this GPU (Blackwell, torch CUDA >=
+    13; the ComfyUI-side facts are taken as met). These tests check this pack's W4A16 Triton paths against a
+    bf16 oracle at bf16 tolerance, which W4A4 is not held to: there every pack graph forces `w4a16`."""
+    if not torch.cuda.is_available():
+        return False
+    facts = FP4GemmFacts("cuda", torch.cuda.get_device_capability(0), torch_cuda_version(), True, True)
+    return NATIVE_FP4_GEMM.why_not(facts) is None
+
+
 def _gpu_mode(args: tuple[str, ...], fixtures=GPU_FIXTURES, **kw) -> Mode:
-    return Mode(args, fixtures, GPU_TOL, TRITON_PATHS, TRITON_PATHS, **kw)
+    pack_inputs = (("kernel_path", W4A16),) if _native_fp4_gemm_possible() else ()
+    return Mode(args, fixtures, GPU_TOL, TRITON_PATHS, TRITON_PATHS, pack_inputs=pack_inputs, **kw)
 
 
 MODES = {
@@ -207,7 +222,16 @@ def _graphs(fx, spec: Mode) -> list[Graph]:
             Graph("pack after lora", PACK_LOADER, seed=2),
             Graph("oracle seed 2", ORACLE_LOADER, seed=2),
         ]
+    if spec.pack_inputs:
+        graphs = [_with_pack_inputs(g, dict(spec.pack_inputs)) for g in graphs]
     return graphs
+
+
+def _with_pack_inputs(graph: Graph, inputs: dict) -> Graph:
+    """A pack graph on the Advanced loader with `inputs` (the graph's own inputs win); oracles unchanged."""
+    if graph.loader == ORACLE_LOADER:
+        return graph
+    return replace(graph, loader=ADVANCED_LOADER, loader_inputs={**inputs, **graph.loader_inputs})
 
 
 def _api_graph(fx, graph: Graph, prefix: str) -> dict:
@@ -426,3 +450,23 @@ def test_weights_held_as_the_mode_says(runs, mode):
         if spec.gpu and not spec.dynamic:  # legacy lowvram: offloaded modules keep their weights on the CPU
             assert report["lowvram"] == spec.low_budget, (key, report)
             assert (report["weights_on_cpu"] > 0) == spec.low_budget, (key, report)
+
+
+def test_pack_graphs_force_w4a16_where_native_fp4_could_run():
+    """Where `auto` could take ComfyUI's W4A4 GEMM, every pack graph (LoRA ones included) forces `w4a16`;
+    forced-path and wrong-nibble-order graphs keep their own inputs; oracle graphs stay on UNETLoader."""
+    spec = replace(MODES["dynamic"], pack_inputs=(("kernel_path", W4A16),))
+    fx = _fixture(FORCED_PATH_FIXTURE)
+    graphs = {g.role: g for g in _graphs(fx, spec)}
+    assert {g.loader for g in graphs.values()} == {ORACLE_LOADER, ADVANCED_LOADER}
+    for role, graph in graphs.items():
+        if graph.loader == ORACLE_LOADER:
+            assert role.startswith("oracle"), role
+        elif role.startswith("pack triton"):
+            assert graph.loader_inputs["kernel_path"] == role.removeprefix("pack "), role
+        else:
+            assert graph.loader_inputs["kernel_path"] == W4A16, role
+    assert graphs["pack wrong nibble order"].loader_inputs["nibble_order"] == _wrong_nibble_order(fx)
+    assert graphs["pack+lora"].lora_strength == 1.0
+    plain = {g.role: g.loader for g in _graphs(fx, replace(spec, pack_inputs=()))}
+    assert plain["pack"] == PACK_LOADER and plain["pack+lora"] == PACK_LOADER
