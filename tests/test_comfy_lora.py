@@ -2,7 +2,9 @@
 
 Oracle: vanilla ComfyUI with the oracle-dequantized float weights and the same LoRA (an exact fp32 merge).
 Exact mode must match it; merge mode requantizes (like ComfyUI) and must not; unloading restores the stored
-bytes exactly; ComfyUI's lowvram (offloaded, weight-function) path gives the same result.
+bytes exactly; ComfyUI's lowvram (offloaded, weight-function) path gives the same result. ComfyUI's bypass
+LoRA (`Load LoRA (Bypass)`, also used by its training nodes) wraps the Linear's forward instead of patching
+the weight, and must match the same oracle.
 """
 
 import pytest
@@ -42,7 +44,13 @@ def env(tmp_path_factory):
     loras.mkdir()
     save_file(_lora(fx), str(loras / "tiny_lora.safetensors"))
     c["folder_paths"].add_model_folder_path("loras", str(loras))
-    return {"loader": loader, "fx": fx, "path": fx.write(tmp), "nodes": c["nodes"]}
+    return {
+        "loader": loader,
+        "fx": fx,
+        "path": fx.write(tmp),
+        "nodes": c["nodes"],
+        "lora": loras / "tiny_lora.safetensors",
+    }
 
 
 def _with_lora(env, patcher, strength=1.0):
@@ -121,4 +129,26 @@ def test_partial_unload_does_not_apply_the_lora_twice(env):
         y_offloaded = model.model.diffusion_model(**inputs).float()
     assert H.rel_err(y_offloaded, y_full) <= 1e-6
     assert H.rel_err(y_full, _oracle(env, inputs, lora=True)) <= MAX_REL_ERR
+    H.unload()
+
+
+def test_bypass_lora_matches_the_oracle_and_never_touches_the_weight(env):
+    """`comfy.sd.load_bypass_lora_for_models` (the `LoraLoaderBypass*` nodes): output = our forward + the
+    adapter's path; the packed bytes untouched, no weight function, the base model unchanged after."""
+    c = H.comfy()
+    inputs = H.forward_inputs(env["fx"].variant)
+    base = env["loader"].load_wan_model(env["path"])
+    q = base.model.diffusion_model.blocks[0].self_attn.q
+    stored = q.weight._qdata.clone()
+    y_base = H.run(base, inputs)
+    lora_sd = c["utils"].load_torch_file(str(env["lora"]), safe_load=True)
+    bypass, _ = c["sd"].load_bypass_lora_for_models(base, None, lora_sd, 1.0, 0.0)
+    y_bypass = H.run(bypass, inputs)
+    assert q.weight_function == [], "bypass must not patch the weight"
+    assert torch.equal(q.weight._qdata, stored)
+    assert H.rel_err(y_bypass, y_base) > 0.05, (
+        "the LoRA must change the output (else the test proves nothing)"
+    )
+    assert H.rel_err(y_bypass, _oracle(env, inputs, lora=True)) <= MAX_REL_ERR
+    assert torch.equal(H.run(base, inputs), y_base), "the bypass must not leak into the base model"
     H.unload()
