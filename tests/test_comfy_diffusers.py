@@ -9,7 +9,13 @@ import torch
 
 from wan_nvfp4.checkpoint import CheckpointError
 from wan_nvfp4.checkpoint.reading.sharded_source import export_label
-from wan_nvfp4.checkpoint.tiny.diffusers_export import EXPORT_FORMATS, write_diffusers_export
+from wan_nvfp4.checkpoint.tiny.diffusers_export import (
+    EXPORT_FORMATS,
+    share_fused_scalars,
+    twin_fixture,
+    write_diffusers_export,
+    write_transformer,
+)
 from wan_nvfp4.checkpoint.tiny.tiny_wan import TINY_VARIANTS
 from wan_nvfp4.checkpoint.writing.repair import repair_checkpoint
 
@@ -150,3 +156,32 @@ def test_repair_node_turns_a_picked_shard_into_one_native_file(loader, tmp_path)
     oracle = H.run(H.vanilla_model(H.oracle_state_dict(fx)), inputs)
     H.unload()
     assert H.rel_err(out, oracle) <= MAX_REL_ERR
+
+
+@pytest.mark.parametrize("fmt", ["nvfp4", "fp8"])
+def test_quantized_fused_projections_run_like_their_twin(loader, tmp_path, fmt):
+    """An export with fused q/k/v (`to_qkv`, `to_kv`), NVFP4 / FP8: every part holds its own rows; the output
+    equals the unfused ComfyUI-named twin's through the pack bit for bit, and the oracle's within tolerance.
+    Control: the export with q and k rows exchanged must be far off (the check sees a wrong split)."""
+    variant = "wan2.2-ti2v-5b"
+    fx = share_fused_scalars(twin_fixture(variant, fmt))
+    inputs = H.forward_inputs(variant)
+    twin = H.run(loader.load_wan_model(fx.write(tmp_path)), inputs)
+    fused = loader.load_wan_model(write_transformer(tmp_path / "fused", fx, fmt, fused=True))
+    attn = fused.model.diffusion_model.blocks[1].self_attn
+    for part in ("q", "k", "v"):
+        assert _holds(getattr(attn, part), fx.tensors[f"blocks.1.self_attn.{part}.weight"]), part
+    assert torch.equal(H.run(fused, inputs), twin)
+    oracle = H.run(H.vanilla_model(H.oracle_state_dict(fx)), inputs)
+    assert H.rel_err(twin, oracle) <= MAX_REL_ERR
+    swapped = share_fused_scalars(twin_fixture(variant, fmt))
+    for role in ("weight", "weight_scale"):  # q and k rows exchanged inside the fused tensor
+        for block in range(2):
+            q, k = (f"blocks.{block}.self_attn.{p}.{role}" for p in ("q", "k"))
+            if q in swapped.tensors and swapped.tensors[q].dim() > 0 and swapped.tensors[q].numel() > 1:
+                swapped.tensors[q], swapped.tensors[k] = swapped.tensors[k], swapped.tensors[q]
+    wrong = H.run(
+        loader.load_wan_model(write_transformer(tmp_path / "swapped", swapped, fmt, fused=True)), inputs
+    )
+    assert H.rel_err(wrong, oracle) > 0.05, "a wrong row split must be visible in the output"
+    H.unload()

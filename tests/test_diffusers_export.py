@@ -16,6 +16,7 @@ from wan_nvfp4.checkpoint.reading.sharded_source import ShardedSource, export_la
 from wan_nvfp4.checkpoint.tiny.diffusers_export import (
     EXPORT_FORMATS,
     diffusers_tensors,
+    share_fused_scalars,
     twin_fixture,
     write_diffusers_export,
     write_transformer,
@@ -175,14 +176,13 @@ def test_fused_projections_split_into_their_parts(exports):
 
 def test_fused_quantized_projection_splits_rows_and_shares_scalars(tmp_path):
     """NVFP4 fused q/k/v: packed and linear block-scale rows split; weight_scale_2 / input_scale shared."""
-    fx = twin_fixture("wan2.2-ti2v-5b", "nvfp4")
-    for block in range(2):  # ModelOpt unifies the fused parts' scales; make them one here
-        for stem in ("self_attn", "cross_attn"):
-            parts = ("q", "k", "v") if stem == "self_attn" else ("k", "v")
-            for role in ("weight_scale_2", "input_scale"):
-                first = fx.tensors[f"blocks.{block}.{stem}.{parts[0]}.{role}"]
-                for p in parts:
-                    fx.tensors[f"blocks.{block}.{stem}.{p}.{role}"] = first.clone()
+    fx = share_fused_scalars(twin_fixture("wan2.2-ti2v-5b", "nvfp4"))
+    assert torch.equal(
+        fx.tensors["blocks.1.self_attn.v.weight_scale_2"], fx.tensors["blocks.1.self_attn.q.weight_scale_2"]
+    )
+    assert torch.equal(
+        fx.tensors["blocks.0.cross_attn.v.input_scale"], fx.tensors["blocks.0.cross_attn.k.input_scale"]
+    )
     folder = write_transformer(tmp_path / "transformer", fx, "nvfp4", fused=True)
     source = open_checkpoint(folder)
     assert source.shape("blocks.0.self_attn.k.weight") == (256, 128)

@@ -134,6 +134,18 @@ def diffusers_tensors(fx: Fixture, fused: bool = False) -> dict[str, torch.Tenso
     return out
 
 
+def share_fused_scalars(fx: Fixture) -> Fixture:
+    """`fx` with each fusable projection's per-tensor scalars (`weight_scale_2`, `input_scale`, ...) made the
+    first part's, as ModelOpt writes a fused projection (one scale for the concatenated rows); in place."""
+    first: dict[tuple[str, str], torch.Tensor] = {}
+    for key in sorted(fx.tensors, key=lambda k: (fuse_group(k) or ("", "", 0))[2]):
+        group = fuse_group(key)
+        t = fx.tensors[key]
+        if group is not None and (t.dim() == 0 or t.numel() == 1):
+            fx.tensors[key] = first.setdefault(group[:2], t).clone()
+    return fx
+
+
 def _shard(tensors: dict[str, torch.Tensor], shards: int) -> list[dict[str, torch.Tensor]]:
     """Tensor by tensor into `shards` groups of about equal bytes (a layer may straddle two shards)."""
     keys = sorted(tensors)
