@@ -36,6 +36,7 @@ TENSOR_ROLES = {
     "what ComfyUI saves for a layer the pack loaded in a convention ComfyUI does not read",
 }
 CONVENTIONS_SUFFIX = "wan_nvfp4_conventions"  # `<layer>.wan_nvfp4_conventions`, the `conventions` role
+FULL_PRECISION_MM = "full_precision_matrix_mult"  # ComfyUI layer config: never quantize the activations
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,8 @@ class LayerSpec:
     tensors: role -> full key in the file (see TENSOR_ROLES)
     nibble_order / scale_layout: nvfp4 only; fp8_granularity: `tensor` or `row`, fp8_scaled only
     evidence: human-readable reason for format and conventions; assumed: True when nothing decided them
+    full_precision_mm: the file asks ComfyUI never to quantize this layer's activations (its layer config's
+        `full_precision_matrix_mult`, or a legacy two-element `scaled_fp8` marker); kept by repair / convert
     """
 
     name: str
@@ -61,6 +64,7 @@ class LayerSpec:
     fp8_granularity: str | None = None
     evidence: str = ""
     assumed: bool = False
+    full_precision_mm: bool = False
 
     @property
     def is_quantized(self) -> bool:

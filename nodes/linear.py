@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from comfy.ops import cast_bias_weight, run_every_op, uncast_bias_weight
 
 from ..checkpoint.errors import CheckpointError
-from ..checkpoint.layers import NVFP4, LayerSpec, build_weight, json_marker
+from ..checkpoint.layers import FULL_PRECISION_MM, NVFP4, LayerSpec, build_weight, json_marker
 from ..checkpoint.writing.repair import comfy_input_scale
 from ..kernels import ops as kernel_ops
 from ..kernels.dispatch import weight_format
@@ -84,6 +84,7 @@ class WanQuantLinear(comfy.ops.manual_cast.Linear):
         self.model_dtype = dtype
         self.layer_name = ""
         self.wan_nvfp4_lora_mode = plan.lora_mode
+        self.wan_nvfp4_full_precision_mm = False  # the file's `full_precision_matrix_mult` for this layer
 
     # ---- loading -------------------------------------------------------------------------------------------
     def _load_from_state_dict(
@@ -94,6 +95,7 @@ class WanQuantLinear(comfy.ops.manual_cast.Linear):
         spec = plan.layers.get(self.layer_name)
         weight_key = prefix + "weight"
         if spec is not None and spec.is_quantized:
+            self.wan_nvfp4_full_precision_mm = spec.full_precision_mm
             found = _layer_tensors(plan, spec, state_dict, prefix)
             weight = build_weight(spec, found.__getitem__, path=plan.path)
             orig_dtype = self.model_dtype or torch.float32
@@ -124,7 +126,10 @@ class WanQuantLinear(comfy.ops.manual_cast.Linear):
         if is_quantized(self.weight):
             weight_key = prefix + "weight"
             sd.update(lazy_merged_weight(self, weight_key, self.weight.state_dict(weight_key)))
-            sd.update({prefix + k: json_marker(conf) for k, conf in saved_markers(self.weight).items()})
+            markers = saved_markers(self.weight)
+            if self.wan_nvfp4_full_precision_mm and "comfy_quant" in markers:
+                markers["comfy_quant"] = {**markers["comfy_quant"], FULL_PRECISION_MM: True}
+            sd.update({prefix + k: json_marker(conf) for k, conf in markers.items()})
             if getattr(self, "input_scale", None) is not None:
                 sd[prefix + "input_scale"] = self.input_scale
         elif self.weight is not None:
@@ -175,7 +180,8 @@ class WanQuantLinear(comfy.ops.manual_cast.Linear):
         lowvram_fn = getattr(self, "weight_lowvram_function", None)
         own_lowvram = lowvram_fn is not None and self.wan_nvfp4_lora_mode == EXACT
         if is_native(self.weight) and not (own_lowvram or self.weight_function or self.bias_function):
-            y, path = native_linear(self, x, self.plan.nvfp4.quantized_mm)
+            quantized_mm = self.plan.nvfp4.quantized_mm and not self.wan_nvfp4_full_precision_mm
+            y, path = native_linear(self, x, quantized_mm)  # ComfyUI honours the layer's flag alike
             self._record(NVFP4, path)
             return y
         if own_lowvram:

@@ -8,6 +8,8 @@ Blackwell: the facts say the GEMM is usable, ComfyUI's `supports_nvfp4_compute` 
 same product computed from comfy-kitchen's own dequantization, for stock ComfyUI and for us alike.
 """
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -15,7 +17,7 @@ from safetensors.torch import save_file
 
 from wan_nvfp4.checkpoint.conventions.inspect import inspect_checkpoint
 from wan_nvfp4.checkpoint.conventions.verdicts import LOADS_NATIVELY
-from wan_nvfp4.checkpoint.tiny.fixtures import CONVENTIONS, FIXTURES
+from wan_nvfp4.checkpoint.tiny.fixtures import CONVENTIONS, FIXTURES, with_full_precision_mm
 from wan_nvfp4.checkpoint.writing.repair import RepairOptions, repair_checkpoint
 from wan_nvfp4.kernels.native_fp4 import NATIVE_DEQUANT, NATIVE_GEMM, FP4GemmFacts
 
@@ -158,6 +160,44 @@ def test_auto_on_simulated_blackwell_runs_the_fp4_gemm_like_stock_comfyui(
     err = H.rel_err(ours, oracle)
     # the tiny random model with the fixtures' static input_scale: W4A4 is visibly (not wildly) off W4A16
     assert 1e-3 < err < 0.5, f"W4A4 quantizes activations: off the W4A16 oracle by {err:.3g}"
+
+
+def test_layers_the_file_wants_in_full_precision_never_quantize_activations(loader, tmp_path, monkeypatch):
+    """`full_precision_matrix_mult: true` on some NVFP4 layers: on the simulated Blackwell, stock ComfyUI runs
+    those layers dequantized (W4A16) and the rest through the FP4 GEMM; so do we, bit for bit (the repaired
+    file keeps the flags, so stock sees them too). Saving the model keeps the flags in `.comfy_quant`."""
+    import comfy.sd
+
+    flagged = ("blocks.0.self_attn.q", "blocks.1.cross_attn.k")
+    fx = with_full_precision_mm(FIXTURES["comfy_nvfp4"](), flagged)
+    src, repaired, _ = _repaired(fx, tmp_path)
+    _simulate(monkeypatch, BLACKWELL)
+    _simulate_fp4_gemm(monkeypatch)
+    patcher = loader.load_wan_model(src)
+    converted = _nvfp4_modules(patcher)
+    assert {n for n, m in converted.items() if m.wan_nvfp4_full_precision_mm} == set(flagged)
+    inputs = H.forward_inputs(fx.variant)
+    ours = H.run(patcher, inputs)
+    plan = next(iter(converted.values())).plan
+    plan.path_log.flush()
+    line = plan.path_log.lines[-1]
+    assert f"{len(flagged)} layers ({NATIVE_DEQUANT})" in line and f"({NATIVE_GEMM})" in line, line
+    stock_patcher = _stock(repaired)
+    stock = H.run(stock_patcher, inputs)
+    stock_flags = {n for n, m in _nvfp4_modules(stock_patcher).items() if m._full_precision_mm_config}
+    assert stock_flags == set(flagged), "the repaired file must carry the flags to stock ComfyUI"
+    assert torch.equal(ours, stock), f"{H.rel_err(ours, stock):.3g} from stock ComfyUI"
+    unflagged = H.run(_stock(_repaired(FIXTURES["comfy_nvfp4"](), tmp_path / "plain")[1]), inputs)
+    assert not torch.equal(unflagged, stock), "control: the flags must change what stock ComfyUI computes"
+    saved = tmp_path / "saved.safetensors"
+    comfy.sd.save_checkpoint(str(saved), patcher, metadata={})
+    H.unload()
+    from safetensors import safe_open
+
+    with safe_open(str(saved), "pt") as f:
+        for name in ("blocks.0.self_attn.q", "blocks.0.self_attn.k"):
+            conf = json.loads(bytes(f.get_tensor(f"model.diffusion_model.{name}.comfy_quant").tolist()))
+            assert conf.get("full_precision_matrix_mult", False) == (name in flagged), (name, conf)
 
 
 def test_without_the_cuda_backend_auto_keeps_our_kernels(loader, tmp_path, monkeypatch):

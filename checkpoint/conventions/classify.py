@@ -17,7 +17,17 @@ from pathlib import Path
 
 from ...kernels import NIBBLE_ORDERS, SCALE_LAYOUTS
 from ..errors import CheckpointError
-from ..layers import FP8, FP8_SCALED, LIGHTX2V_ROLES, NVFP4, LayerSpec, build_weight, read_json_marker
+from ..layers import (
+    FLOAT,
+    FP8,
+    FP8_SCALED,
+    FULL_PRECISION_MM,
+    LIGHTX2V_ROLES,
+    NVFP4,
+    LayerSpec,
+    build_weight,
+    read_json_marker,
+)
 from ..problems import ERROR, WARNING, Problem
 from ..reading.layer_keys import RawLayer, discover_layers, natural_key
 from ..reading.sharded_source import open_source
@@ -160,7 +170,9 @@ def _gather_evidence(
         ev.sidecar, ev.sidecar_where = sidecar_config, "hf_quant_config given by the caller"
     elif find:
         ev.sidecar, ev.sidecar_where = find_sidecar(getattr(source, "path", None))
-    ev.legacy_marker = f"{prefix}scaled_fp8" in set(source.keys())
+    marker = f"{prefix}scaled_fp8"
+    ev.legacy_marker = marker in set(source.keys())
+    ev.legacy_marker_elements = _elements(source.shape(marker)) if ev.legacy_marker else 0
     ev.shape_layout, found = file_shape_layout({n: r.shape_layout for n, r in raws.items() if r.shape_layout})
     ev.problems += found
     if ev.sidecar is not None and ev.comfy and ev.modelopt_header is None:
@@ -194,14 +206,28 @@ def _fp8_evidence(raw: RawLayer, ev: FileEvidence, granularity: str | None) -> s
     return f"{text}; {granularity} scale"
 
 
+def _elements(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
 def _granularity(source, raw: RawLayer) -> str | None:
     if raw.format != FP8_SCALED:
         return None
-    key = raw.tensors["scale"]
-    n = 1
-    for d in source.shape(key):
-        n *= d
-    return "tensor" if n == 1 else "row"
+    return "tensor" if _elements(source.shape(raw.tensors["scale"])) == 1 else "row"
+
+
+def _full_precision_mm(raw: RawLayer, ev: FileEvidence) -> bool:
+    """ComfyUI's per-layer `full_precision_matrix_mult`, or what it derives from a legacy marker of 2 elements
+    for `scale_weight` layers (comfy/utils.py `convert_old_quants`)."""
+    if raw.format == FLOAT:
+        return False
+    if ev.comfy_conf(raw.name).get(FULL_PRECISION_MM) is True:
+        return True
+    legacy = ev.comfy_layers is None and ev.legacy_marker_elements == 2
+    return legacy and raw.tensors.get("scale", "").endswith(".scale_weight")
 
 
 def _spec(source, raw: RawLayer, ev: FileEvidence, nibble_order, scale_layout, override_reason) -> LayerSpec:
@@ -213,6 +239,7 @@ def _spec(source, raw: RawLayer, ev: FileEvidence, nibble_order, scale_layout, o
         "in_features": raw.in_features,
         "weight_dtype": source.dtype(raw.tensors["weight"]),
         "tensors": raw.tensors,
+        "full_precision_mm": _full_precision_mm(raw, ev),
     }
     if raw.format == NVFP4:
         lightx2v = bool(LIGHTX2V_ROLES & raw.tensors.keys())

@@ -43,6 +43,7 @@ class FileEvidence:
     sidecar: dict | None = None  # hf_quant_config.json with producer modelopt, beside the file
     sidecar_where: str = ""
     legacy_marker: bool = False
+    legacy_marker_elements: int = 0  # 2: ComfyUI reads the legacy file as full-precision matmul
     shape_layout: Decision | None = None  # scale layout proven by a layer's scale shape, for the whole file
     header_keys: int = 0  # how many `__metadata__` keys the file has (recognised or not)
     problems: list[Problem] = field(default_factory=list)
@@ -50,6 +51,13 @@ class FileEvidence:
     @property
     def comfy(self) -> bool:
         return self.comfy_layers is not None or bool(self.comfy_quant_layers)
+
+    def comfy_conf(self, name: str) -> dict:
+        """Layer `name`'s ComfyUI config: the header's entry, else its `.comfy_quant` (as ComfyUI reads)."""
+        conf = (self.comfy_layers or {}).get(name)
+        if conf is None:
+            conf = self.comfy_quant_layers.get(name)
+        return conf if isinstance(conf, dict) else {}
 
     @property
     def comfy_where(self) -> str:

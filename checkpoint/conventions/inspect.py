@@ -76,6 +76,7 @@ def _layer_json(spec) -> dict:
         "fp8_granularity": spec.fp8_granularity,
         "evidence": spec.evidence,
         "assumed": spec.assumed,
+        "full_precision_mm": spec.full_precision_mm,
         "key": spec.key,
         "out_features": spec.out_features,
         "in_features": spec.in_features,
@@ -127,6 +128,12 @@ def _convention_lines(info: CheckpointInfo) -> list[str]:
         tag = " [ASSUMED]" if assumed else ""
         lines.append(f"  {fmt}{' ' + conv if conv else ''}: {len(names)} layer(s){tag}, e.g. {names[0]}")
         lines.append(f"      evidence: {evidence}")
+    full = [name for name, spec in info.layers.items() if spec.full_precision_mm]
+    if full:
+        lines.append(
+            f"  full-precision matmul requested (full_precision_matrix_mult): {len(full)} layer(s), e.g. "
+            f"{full[0]}; their activations are never quantized (kept by repair and convert)"
+        )
     return lines
 
 

@@ -12,6 +12,7 @@ layout, fp8 granularity, whether the file states it), its variant and what vanil
     fx.reference["blocks.0.ffn.0.weight"]          # the bf16 source every fixture was made from
 """
 
+import dataclasses
 import functools
 import json
 from collections.abc import Callable
@@ -22,7 +23,7 @@ import torch
 
 from ...kernels import HIGH_FIRST, LINEAR, LOW_FIRST, SWIZZLED, quantize_fp8, quantize_nvfp4
 from ..conventions.verdicts import LOADS_NATIVELY, LOADS_SILENTLY_WRONG, REFUSES_ERROR, REFUSES_SIZE_MISMATCH
-from ..layers import FLOAT, FP8, FP8_SCALED, NVFP4, json_marker
+from ..layers import FLOAT, FP8, FP8_SCALED, FULL_PRECISION_MM, NVFP4, json_marker, read_json_marker
 from ..reading.safetensors_io import StateDictSource
 from .tiny_wan import (  # noqa: F401  (re-exported: the fixtures API)
     CLIP_DIM,
@@ -451,6 +452,23 @@ def build_fixture(conv: Convention, variant: str = DEFAULT_VARIANT, seed: int = 
     if "modelopt_sidecar" in conv.metadata:
         sidecars[SIDECAR_NAME] = json.dumps(_hf_quant_config(kept), indent=2)
     return Fixture(conv, variant, seed, tensors, metadata, truth, reference, sidecars)
+
+
+def with_full_precision_mm(fx: Fixture, layers) -> Fixture:
+    """A copy of `fx` (ComfyUI metadata: header and / or `.comfy_quant`) whose quantized `layers` (no prefix)
+    ask for full-precision matmul, `full_precision_matrix_mult: true`, as ComfyUI writes it."""
+    tensors, metadata = dict(fx.tensors), dict(fx.metadata)
+    header = json.loads(metadata["_quantization_metadata"]) if "_quantization_metadata" in metadata else None
+    for name in layers:
+        stem = fx.prefix + name
+        if header is not None:
+            header["layers"][stem][FULL_PRECISION_MM] = True
+        if f"{stem}.comfy_quant" in tensors:
+            conf = read_json_marker(tensors[f"{stem}.comfy_quant"])
+            tensors[f"{stem}.comfy_quant"] = json_marker({**conf, FULL_PRECISION_MM: True})
+    if header is not None:
+        metadata["_quantization_metadata"] = json.dumps(header)
+    return dataclasses.replace(fx, tensors=tensors, metadata=metadata)
 
 
 FIXTURES: dict[str, Callable[..., Fixture]] = {

@@ -161,6 +161,7 @@ def plan_conversion(source, info, options: ConvertOptions) -> ConversionPlan:
         j.spec.key: layout.comfy_format[options.target] for j in jobs if j.action in ("quantized", "copied")
     }
     excluded = [j.spec.key for j in jobs if j.action == "kept"]
+    full_precision = [j.spec.key for j in jobs if j.spec.key in quantized and j.spec.full_precision_mm]
     written_by = provenance(
         "convert", source, target=options.target, layout=options.layout, preset=options.preset.describe()
     )
@@ -172,6 +173,7 @@ def plan_conversion(source, info, options: ConvertOptions) -> ConversionPlan:
         options.target,
         written_by,
         __version__,
+        full_precision,
     )
     return ConversionPlan(jobs, passthrough, dropped, metadata, notes)
 

@@ -9,11 +9,13 @@ modelopt NVIDIA/ModelOpt: NVFP4 low_first, linear `[N, K/16]` scales, `weight_sc
 """
 
 import json
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import torch
 
 from ...kernels import HIGH_FIRST, LINEAR, LOW_FIRST, SWIZZLED, swizzled_shape
+from ..layers import FULL_PRECISION_MM
 from .presets import FP8_TARGET, NVFP4_TARGET
 from .writer import PlannedTensor
 
@@ -84,12 +86,16 @@ MODELOPT = OutputLayout(
 LAYOUTS = {layout.name: layout for layout in (COMFY, MODELOPT)}
 
 
-def comfy_quant_metadata(layers: dict[str, str]) -> str:
-    """`_quantization_metadata` for {layer stem as in the file: ComfyUI format string}."""
-    return json.dumps(
-        {"format_version": "1.0", "layers": {stem: {"format": fmt} for stem, fmt in layers.items()}},
-        separators=(",", ":"),
-    )
+def comfy_layer_conf(fmt: str, full_precision_mm: bool = False) -> dict:
+    """One layer's ComfyUI config (`_quantization_metadata` entry / `.comfy_quant`)."""
+    return {"format": fmt, FULL_PRECISION_MM: True} if full_precision_mm else {"format": fmt}
+
+
+def comfy_quant_metadata(layers: dict[str, str], full_precision: Collection[str] = ()) -> str:
+    """`_quantization_metadata` for {layer stem as in the file: ComfyUI format string}; the stems in
+    `full_precision` keep the source's `full_precision_matrix_mult`."""
+    confs = {stem: comfy_layer_conf(fmt, stem in full_precision) for stem, fmt in layers.items()}
+    return json.dumps({"format_version": "1.0", "layers": confs}, separators=(",", ":"))
 
 
 def modelopt_quant_config(algo: str, excluded: list[str], version: str) -> str:
@@ -116,16 +122,18 @@ def output_metadata(
     target: str | None,
     provenance: dict,
     version: str,
+    full_precision: Collection[str] = (),
 ) -> dict[str, str]:
     """The output header: the source's metadata minus its quantization keys, plus ours and provenance.
 
-    quantized: layer stem -> ComfyUI format string of every quantized layer written.
+    quantized: layer stem -> ComfyUI format string of every quantized layer written; full_precision: the stems
+    whose source asked for full-precision matmul (LayerSpec.full_precision_mm).
     """
     meta = {k: v for k, v in source_metadata.items() if k not in REPLACED_METADATA_KEYS}
     if quantized and (layout.name == COMFY.name or target == FP8_TARGET):
         # FP8 tensors are the same in both layouts, so ComfyUI's metadata is right for either; NVFP4 in
         # ModelOpt conventions must NOT carry it (vanilla ComfyUI would read low_first+linear as native)
-        meta[QUANT_METADATA_KEY] = comfy_quant_metadata(quantized)
+        meta[QUANT_METADATA_KEY] = comfy_quant_metadata(quantized, frozenset(full_precision))
     if quantized and layout.name == MODELOPT.name and target is not None:
         meta[MODELOPT_METADATA_KEY] = modelopt_quant_config(layout.modelopt_algo[target], excluded, version)
     meta[PROVENANCE_KEY] = json.dumps(provenance, separators=(",", ":"))

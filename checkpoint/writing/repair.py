@@ -164,8 +164,16 @@ def plan_repair(source, info, options: RepairOptions):
         conf = source_layers.get(job.spec.key) if job.action == "copied" and job.spec.is_quantized else None
         if isinstance(conf, dict) and conf.get("format"):
             quantized[job.spec.key] = conf["format"]
+    full_precision = [j.spec.key for j in jobs if j.spec.key in quantized and j.spec.full_precision_mm]
     metadata = output_metadata(
-        dict(source.metadata or {}), COMFY, quantized, [], None, provenance("repair", source), __version__
+        dict(source.metadata or {}),
+        COMFY,
+        quantized,
+        [],
+        None,
+        provenance("repair", source),
+        __version__,
+        full_precision,
     )
     return jobs, passthrough, dropped, metadata
 
