@@ -20,7 +20,7 @@ import torch
 from comfy.quant_ops import QuantizedLayout, QuantizedTensor, register_layout_class
 from comfy_kitchen.tensor.base import BaseLayoutParams
 
-from ..checkpoint.layers import CONVENTIONS_SUFFIX
+from ..checkpoint.layers import CONVENTIONS_SUFFIX, FULL_PRECISION_MM
 from ..kernels import (
     HIGH_FIRST,
     LINEAR,
@@ -235,7 +235,15 @@ def kernel_weight(qt: QuantizedTensor):
     return LAYOUTS[qt._layout_cls].kernel_weight(qt._qdata, qt._params)
 
 
-def saved_markers(qt: QuantizedTensor) -> dict[str, dict]:
+def saved_markers(qt: QuantizedTensor, full_precision_mm: bool = False) -> dict[str, dict]:
+    """`_saved_markers(qt)`, with the layer's `full_precision_matrix_mult` kept in its `comfy_quant`."""
+    markers = _saved_markers(qt)
+    if full_precision_mm and "comfy_quant" in markers:
+        markers["comfy_quant"][FULL_PRECISION_MM] = True
+    return markers
+
+
+def _saved_markers(qt: QuantizedTensor) -> dict[str, dict]:
     """Per-layer marker tensors (suffix -> JSON) that `state_dict()` adds, so a model ComfyUI saves reads back
     right: `comfy_quant` for layers converted to ComfyUI's native NVFP4 at load and where vanilla ComfyUI
     reads the stored tensors correctly (as its own ops write it), per-row FP8 as `float8_*_rowwise` (ComfyUI

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from comfy.ops import cast_bias_weight, run_every_op, uncast_bias_weight
 
 from ..checkpoint.errors import CheckpointError
-from ..checkpoint.layers import FULL_PRECISION_MM, NVFP4, LayerSpec, build_weight, json_marker
+from ..checkpoint.layers import NVFP4, LayerSpec, build_weight, json_marker
 from ..checkpoint.writing.repair import comfy_input_scale
 from ..kernels import ops as kernel_ops
 from ..kernels.dispatch import weight_format
@@ -126,9 +126,7 @@ class WanQuantLinear(comfy.ops.manual_cast.Linear):
         if is_quantized(self.weight):
             weight_key = prefix + "weight"
             sd.update(lazy_merged_weight(self, weight_key, self.weight.state_dict(weight_key)))
-            markers = saved_markers(self.weight)
-            if self.wan_nvfp4_full_precision_mm and "comfy_quant" in markers:
-                markers["comfy_quant"] = {**markers["comfy_quant"], FULL_PRECISION_MM: True}
+            markers = saved_markers(self.weight, self.wan_nvfp4_full_precision_mm)
             sd.update({prefix + k: json_marker(conf) for k, conf in markers.items()})
             if getattr(self, "input_scale", None) is not None:
                 sd[prefix + "input_scale"] = self.input_scale

@@ -29,6 +29,7 @@ from ..layers import (
     read_json_marker,
 )
 from ..problems import ERROR, WARNING, Problem
+from ..reading.checks import tensor_numel
 from ..reading.layer_keys import RawLayer, discover_layers, natural_key
 from ..reading.sharded_source import open_source
 from ..reading.validation import checkpoint_problems
@@ -171,8 +172,7 @@ def _gather_evidence(
     elif find:
         ev.sidecar, ev.sidecar_where = find_sidecar(getattr(source, "path", None))
     marker = f"{prefix}scaled_fp8"
-    ev.legacy_marker = marker in set(source.keys())
-    ev.legacy_marker_elements = _elements(source.shape(marker)) if ev.legacy_marker else 0
+    ev.legacy_marker_elements = tensor_numel(source, marker) if marker in set(source.keys()) else None
     ev.shape_layout, found = file_shape_layout({n: r.shape_layout for n, r in raws.items() if r.shape_layout})
     ev.problems += found
     if ev.sidecar is not None and ev.comfy and ev.modelopt_header is None:
@@ -206,17 +206,10 @@ def _fp8_evidence(raw: RawLayer, ev: FileEvidence, granularity: str | None) -> s
     return f"{text}; {granularity} scale"
 
 
-def _elements(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
-
-
 def _granularity(source, raw: RawLayer) -> str | None:
     if raw.format != FP8_SCALED:
         return None
-    return "tensor" if _elements(source.shape(raw.tensors["scale"])) == 1 else "row"
+    return "tensor" if tensor_numel(source, raw.tensors["scale"]) == 1 else "row"
 
 
 def _full_precision_mm(raw: RawLayer, ev: FileEvidence) -> bool:

@@ -42,8 +42,9 @@ class FileEvidence:
     modelopt_header_where: str = "header quantization_config"  # a sharded export's is its config.json's
     sidecar: dict | None = None  # hf_quant_config.json with producer modelopt, beside the file
     sidecar_where: str = ""
-    legacy_marker: bool = False
-    legacy_marker_elements: int = 0  # 2: ComfyUI reads the legacy file as full-precision matmul
+    legacy_marker_elements: int | None = (
+        None  # size of a `scaled_fp8` marker; None: no marker; 2: full precision
+    )
     shape_layout: Decision | None = None  # scale layout proven by a layer's scale shape, for the whole file
     header_keys: int = 0  # how many `__metadata__` keys the file has (recognised or not)
     problems: list[Problem] = field(default_factory=list)
@@ -51,6 +52,11 @@ class FileEvidence:
     @property
     def comfy(self) -> bool:
         return self.comfy_layers is not None or bool(self.comfy_quant_layers)
+
+    @property
+    def legacy_marker(self) -> bool:
+        """The file has ComfyUI's legacy `scaled_fp8` marker tensor."""
+        return self.legacy_marker_elements is not None
 
     def comfy_conf(self, name: str) -> dict:
         """Layer `name`'s ComfyUI config: the header's entry, else its `.comfy_quant` (as ComfyUI reads)."""

@@ -21,7 +21,8 @@ def _shape(source, key: str) -> list[int]:
     return list(source.shape(key))
 
 
-def _numel(source, key: str) -> int:
+def tensor_numel(source, key: str) -> int:
+    """Elements of tensor `key` from its header shape (nothing read)."""
     n = 1
     for d in source.shape(key):
         n *= d
@@ -31,7 +32,7 @@ def _numel(source, key: str) -> int:
 def _values_problems(source, spec: LayerSpec, role: str, severity: str, what: str) -> list[Problem]:
     """NaN/Inf, zero and negative values of a small scale tensor."""
     key = spec.tensors[role]
-    if _numel(source, key) > SMALL_TENSOR_ELEMENTS or not source.dtype(key).is_floating_point:
+    if tensor_numel(source, key) > SMALL_TENSOR_ELEMENTS or not source.dtype(key).is_floating_point:
         return []
     values = source.tensor(key).float()
     bad = {
@@ -57,7 +58,7 @@ def _scalar_problems(source, spec: LayerSpec, role: str, what: str, severity: st
         out.append(
             Problem(severity, f"{what} has an unexpected dtype", spec.key, "float32", str(source.dtype(key)))
         )
-    if _numel(source, key) != 1:
+    if tensor_numel(source, key) != 1:
         out.append(
             Problem(
                 severity,
@@ -145,14 +146,14 @@ def check_nvfp4(source, spec: LayerSpec, scan_block_scales: bool = False) -> lis
                 f"K = {spec.in_features}",
             )
         )
-    if "bias" in spec.tensors and _numel(source, spec.tensors["bias"]) not in (rows, spec.out_features):
+    if "bias" in spec.tensors and tensor_numel(source, spec.tensors["bias"]) not in (rows, spec.out_features):
         out.append(
             Problem(
                 ERROR,
                 "bias size does not match the weight's rows",
                 spec.key,
                 f"{spec.out_features}",
-                f"{_numel(source, spec.tensors['bias'])}",
+                f"{tensor_numel(source, spec.tensors['bias'])}",
             )
         )
     if "block_scale" not in spec.tensors:
@@ -206,7 +207,7 @@ def check_fp8(source, spec: LayerSpec, scan_block_scales: bool = False) -> list[
                     ERROR, "fp8 scale has an unexpected dtype", spec.key, "float32", str(source.dtype(key))
                 )
             )
-        elif _numel(source, key) != 1 and shape not in ((n,), (n, 1)):
+        elif tensor_numel(source, key) != 1 and shape not in ((n,), (n, 1)):
             what = (
                 "2-D block-wise fp8 scales are not supported"
                 if len(shape) == 2
